@@ -1,0 +1,539 @@
+"""Reading and writing medical volumes with their RAS voxel-to-world affine.
+
+Arrays are kept in the **file's voxel order** (NIfTI i, j, k as nibabel's ``get_fdata()``
+returns them; see ``docs/conventions.md``). Nothing is ever transposed to follow anatomy: the
+orientation lives in the 4x4 RAS+ affine (mm). SimpleITK formats (``.mha``, ``.mhd``, ``.nrrd``,
+``.nhdr``) are read and written through SimpleITK, whose ``z, y, x`` arrays are reversed into
+``i, j, k`` order and whose LPS origin/direction/spacing are converted to the same RAS affine
+nibabel would give for the same grid.
+
+Writes are atomic: the data go to a hidden temporary file in the target directory (its name
+keeps the real extension so the libraries pick the format) which then replaces the target with
+``os.replace``. A failed write leaves neither a partial file nor a temporary one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
+
+from maxca.errors import MaxcaInputError
+
+__all__ = [
+    "NIFTI_EXTENSIONS",
+    "READ_EXTENSIONS",
+    "SITK_EXTENSIONS",
+    "WRITE_EXTENSIONS",
+    "Volume",
+    "check_same_grid",
+    "read_vector_field",
+    "read_volume",
+    "split_extension",
+    "write_vector_field",
+    "write_volume",
+]
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+SITK_EXTENSIONS = (".mha", ".mhd", ".nrrd", ".nhdr")
+READ_EXTENSIONS = NIFTI_EXTENSIONS + SITK_EXTENSIONS
+# Single-file formats only: a two-file header (.mhd/.nhdr) names its data file, which an
+# atomic rename of the header alone would break.
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+# RAS <-> LPS: x and y change sign, z is unchanged (the matrix is its own inverse).
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
+
+GRID_TOLERANCE_MM = 1e-3
+
+
+@dataclass
+class Volume:
+    """A spatial array with its voxel-to-world affine.
+
+    Attributes:
+        array: ``(D0, D1[, D2])`` array in the file's voxel order (i, j, k); float32 for images,
+            an integer dtype for label maps.
+        affine: ``(4, 4)`` float64 RAS+ voxel-to-world matrix in mm: the world position of
+            voxel centre ``p`` is ``affine[:3, :3] @ p + affine[:3, 3]``. For 2-D volumes the
+            first two columns describe the two array axes.
+        header: optional format-specific header (a ``nibabel.Nifti1Header`` for NIfTI files,
+            a dict of SimpleITK metadata otherwise), used by :func:`write_volume` via ``like``.
+        path: the file the volume was read from, if any.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    header: Any | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise MaxcaInputError(
+                f"Volume affine must be a 4x4 matrix, got shape {self.affine.shape}"
+            )
+        if self.array.ndim not in (2, 3):
+            raise MaxcaInputError(
+                f"Volume array must be 2-D or 3-D, got shape {tuple(self.array.shape)}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape ``(D0, D1[, D2])``."""
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return int(self.array.ndim)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis (norms of the affine's first ``ndim`` columns)."""
+        norms = np.linalg.norm(self.affine[:3, : self.ndim], axis=0)
+        return tuple(float(s) for s in norms)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def split_extension(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """Split ``path``'s file name into ``(stem, extension)``, ``.nii.gz`` counted as one.
+
+    The extension is returned lower-case; an unknown one is returned as Python's suffix.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    for ext in READ_EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)], ext
+    suffix = Path(name).suffix
+    return name[: len(name) - len(suffix)], suffix.lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    """``TypeName: message`` of an exception on a single line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _squeeze_trailing(arr: np.ndarray, min_ndim: int) -> np.ndarray:
+    """Drop trailing singleton axes while the array has more than ``min_ndim`` axes."""
+    while arr.ndim > min_ndim and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return arr
+
+
+def _check_ndim(arr: np.ndarray, path: Path, expected_ndim: int | None) -> np.ndarray:
+    if expected_ndim is not None and expected_ndim not in (2, 3):
+        raise MaxcaInputError(f"expected_ndim must be 2, 3 or None, got {expected_ndim!r}")
+    arr = _squeeze_trailing(arr, expected_ndim if expected_ndim is not None else 3)
+    if expected_ndim is not None and arr.ndim != expected_ndim:
+        raise MaxcaInputError(
+            f"{path}: expected a {expected_ndim}-D volume, got array of shape {arr.shape}"
+        )
+    if arr.ndim not in (2, 3):
+        raise MaxcaInputError(
+            f"{path}: expected a 2-D or 3-D volume, got array of shape {arr.shape}"
+        )
+    return arr
+
+
+def _finish_array(arr: np.ndarray, path: Path, kind: str, expected_ndim: int | None) -> np.ndarray:
+    """Shape checks, then dtype/value checks for an image or a label map."""
+    arr = _check_ndim(arr, path, expected_ndim)
+    if kind == "image":
+        arr = np.asarray(arr, dtype=np.float32)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            raise MaxcaInputError(
+                f"{path}: image has {bad} NaN/Inf voxel(s); expected finite intensities"
+            )
+        return arr
+    # labels
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.asarray(arr)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise MaxcaInputError(f"{path}: label map has dtype {arr.dtype}; expected integers")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise MaxcaInputError(f"{path}: label map has NaN/Inf values; expected integer label ids")
+    frac = arr != np.round(arr)
+    if frac.any():
+        example = float(arr[frac].flat[0])
+        raise MaxcaInputError(
+            f"{path}: label map has non-integer values (e.g. {example:g}); "
+            "expected integer label ids (is this an image rather than a label file?)"
+        )
+    return arr.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# SimpleITK geometry
+
+
+def _sitk_affine(img: sitk.Image) -> np.ndarray:
+    """RAS 4x4 voxel-to-world affine of a SimpleITK image (first three axes)."""
+    dim = img.GetDimension()
+    n = min(dim, 3)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:n, :n]
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)[:n]
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)[:n]
+    lps = np.eye(4)
+    lps[:n, :n] = direction * spacing[None, :]
+    lps[:n, 3] = origin
+    affine = np.eye(4)
+    affine[:3, :] = _RAS_LPS @ lps[:3, :]
+    return affine
+
+
+def _sitk_geometry(
+    affine: np.ndarray, ndim: int
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(spacing, origin, row-major direction) in LPS for an ``ndim``-D SimpleITK image."""
+    lps = _RAS_LPS @ np.asarray(affine, dtype=np.float64)[:3, :]
+    matrix = lps[:ndim, :ndim]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if np.any(spacing <= 0):
+        raise MaxcaInputError(f"affine has a zero-length axis (spacing {spacing.tolist()})")
+    direction = matrix / spacing[None, :]
+    origin = lps[:ndim, 3]
+    return (
+        tuple(float(s) for s in spacing),
+        tuple(float(o) for o in origin),
+        tuple(float(v) for v in direction.ravel()),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    try:
+        img = nib.load(str(path))
+        arr = img.get_fdata(dtype=np.float32) if kind == "image" else np.asarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except MaxcaInputError:
+        raise
+    except Exception as exc:  # nibabel/gzip/zlib raise many types for corrupt files
+        raise MaxcaInputError(f"{path}: cannot read NIfTI file ({_one_line(exc)})") from exc
+    return arr, affine, img.header.copy()
+
+
+def _read_sitk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    try:
+        img = sitk.ReadImage(str(path))
+        arr = sitk.GetArrayFromImage(img)
+    except Exception as exc:  # SimpleITK raises RuntimeError with a multi-line message
+        raise MaxcaInputError(f"{path}: cannot read image file ({_one_line(exc)})") from exc
+    dim = img.GetDimension()
+    # sitk arrays are (z, y, x[, components]): reverse the spatial axes into (i, j, k).
+    perm = list(range(dim))[::-1]
+    if arr.ndim == dim + 1:  # vector pixels: components stay last
+        perm.append(dim)
+    arr = np.transpose(arr, perm)
+    if kind == "image" and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    header = {key: img.GetMetaData(key) for key in img.GetMetaDataKeys()}
+    return arr, _sitk_affine(img), header
+
+
+def read_volume(
+    path: str | os.PathLike[str],
+    kind: Literal["image", "label"] = "image",
+    expected_ndim: int | None = None,
+) -> Volume:
+    """Read a 2-D or 3-D image or label map with its RAS affine.
+
+    ``.nii``/``.nii.gz`` are read with nibabel, ``.mha``/``.mhd``/``.nrrd``/``.nhdr`` with
+    SimpleITK (its ``(z, y, x)`` array reversed into the file's ``(i, j, k)`` voxel order, its LPS
+    geometry converted to RAS, so both readers give the same affine for the same grid).
+
+    Args:
+        path: the file.
+        kind: ``"image"`` -> float32 array (NIfTI scaling applied), NaN/Inf rejected;
+            ``"label"`` -> integer array (the file's integer dtype; float-stored label maps with
+            integer values become int64, others are rejected).
+        expected_ndim: 2 or 3 to require that many spatial axes. Trailing singleton axes are
+            squeezed down to ``expected_ndim`` (down to 3 when it is ``None``; a 2-D image stored
+            as ``(X, Y, 1)`` therefore needs ``expected_ndim=2``).
+
+    Returns:
+        a :class:`Volume` with ``array`` of shape ``(D0, D1[, D2])``.
+
+    Raises:
+        MaxcaInputError: missing file, unsupported extension, unreadable/corrupt file, wrong
+            number of dimensions, NaN/Inf in an image, non-integer values in a label map.
+    """
+    if kind not in ("image", "label"):
+        raise MaxcaInputError(f"kind must be 'image' or 'label', got {kind!r}")
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in READ_EXTENSIONS:
+        raise MaxcaInputError(
+            f"{path}: unsupported file extension {ext or '(none)'!r}; "
+            f"expected one of {', '.join(READ_EXTENSIONS)}"
+        )
+    if not path.is_file():
+        raise MaxcaInputError(f"file not found: {path}")
+    if ext in NIFTI_EXTENSIONS:
+        arr, affine, header = _read_nifti(path, kind)
+    else:
+        arr, affine, header = _read_sitk(path, kind)
+    arr = _finish_array(arr, path, kind, expected_ndim)
+    return Volume(array=arr, affine=affine, header=header, path=path)
+
+
+def read_vector_field(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI vector image written by :func:`write_vector_field`.
+
+    Returns:
+        ``(field, affine)`` with ``field`` of shape ``(*S, d)`` (channels last, float32) where
+        ``S`` has ``d`` axes, and the 4x4 RAS affine.
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in NIFTI_EXTENSIONS:
+        raise MaxcaInputError(f"{path}: vector fields are read from NIfTI, got {ext!r}")
+    if not path.is_file():
+        raise MaxcaInputError(f"file not found: {path}")
+    try:
+        img = nib.load(str(path))
+        data = img.get_fdata(dtype=np.float32)
+    except Exception as exc:
+        raise MaxcaInputError(f"{path}: cannot read NIfTI file ({_one_line(exc)})") from exc
+    if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] not in (2, 3):
+        raise MaxcaInputError(
+            f"{path}: expected a vector field of shape (X, Y, Z, 1, d) with d in (2, 3), "
+            f"got {data.shape}"
+        )
+    d = data.shape[4]
+    spatial = data[:, :, :, 0, :]
+    if d == 2:
+        if spatial.shape[2] != 1:
+            raise MaxcaInputError(
+                f"{path}: 2-component vector field must have Z = 1, got shape {data.shape}"
+            )
+        spatial = spatial[:, :, 0, :]
+    return np.ascontiguousarray(spatial), np.asarray(img.affine, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch tensor, without importing torch here
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _cast(arr: np.ndarray, dtype: Any, path: Path) -> np.ndarray:
+    if arr.dtype == np.bool_ and dtype is None:
+        return arr.astype(np.uint8)
+    if dtype is None:
+        return arr
+    target = np.dtype(dtype)
+    if np.issubdtype(target, np.integer) and np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or np.any(arr != np.round(arr)):
+            raise MaxcaInputError(
+                f"{path}: cannot write non-integer values with integer dtype {target}"
+            )
+        info = np.iinfo(target)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise MaxcaInputError(
+                f"{path}: values [{arr.min():g}, {arr.max():g}] do not fit dtype {target}"
+            )
+    return arr.astype(target)
+
+
+def _temporary_path(path: Path, ext: str) -> Path:
+    stem = path.name[: len(path.name) - len(ext)]
+    return path.parent / f".{stem}.tmp-{secrets.token_hex(4)}{ext}"
+
+
+def _atomic_write(path: Path, ext: str, writer: Any) -> None:
+    """Call ``writer(tmp_path)`` then move the temporary file onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_path(path, ext)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, MaxcaInputError) or not isinstance(exc, Exception):
+            raise
+        raise MaxcaInputError(f"{path}: cannot write file ({_one_line(exc)})") from exc
+
+
+def _nifti_image(
+    arr: np.ndarray, affine: np.ndarray, like: Volume | None, intent: str = "none"
+) -> nib.Nifti1Image:
+    base = like.header if like is not None else None
+    if isinstance(base, nib.Nifti1Header):
+        header = base.copy()
+        sform_code = int(header["sform_code"]) or 1
+        qform_code = int(header["qform_code"]) or 1
+    else:
+        header = nib.Nifti1Header()
+        header.set_xyzt_units("mm")
+        sform_code = qform_code = 1
+    header.set_data_dtype(arr.dtype)
+    header.set_slope_inter(np.nan, np.nan)  # never inherit a scaling from `like`
+    header.set_intent(intent)
+    img = nib.Nifti1Image(arr, affine, header=header)
+    img.set_sform(affine, code=sform_code)
+    img.set_qform(affine, code=qform_code)
+    return img
+
+
+def write_volume(
+    path: str | os.PathLike[str],
+    array: Any,
+    affine: np.ndarray | None = None,
+    like: Volume | None = None,
+    dtype: Any = None,
+) -> Path:
+    """Atomically write a 2-D or 3-D array with its RAS affine.
+
+    The format follows the extension: ``.nii``/``.nii.gz`` (nibabel) or ``.mha``/``.nrrd``
+    (SimpleITK; the RAS affine becomes LPS origin/direction/spacing, the array is reversed into
+    SimpleITK's ``(z, y, x)`` order). The file is first written to
+    ``<dir>/.<stem>.tmp-XXXXXXXX<ext>`` and then moved onto ``path`` with ``os.replace``.
+    Parent directories are created.
+
+    Args:
+        path: output file.
+        array: ``(D0, D1[, D2])`` numpy array or torch tensor in voxel order (i, j, k).
+        affine: 4x4 RAS voxel-to-world matrix; defaults to ``like.affine``.
+        like: a volume whose NIfTI header (units, sform/qform codes, description) is reused; its
+            scaling and intent are never copied.
+        dtype: on-disk dtype (default: the array's; bool -> uint8). Floats are only cast to an
+            integer dtype when every value is an integer in range.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in WRITE_EXTENSIONS:
+        raise MaxcaInputError(
+            f"{path}: cannot write extension {ext or '(none)'!r}; "
+            f"expected one of {', '.join(WRITE_EXTENSIONS)}"
+        )
+    if affine is None:
+        if like is None:
+            raise MaxcaInputError(f"{path}: write_volume needs an affine or a `like` volume")
+        affine = like.affine
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise MaxcaInputError(f"{path}: affine must be 4x4, got shape {affine.shape}")
+    arr = _to_numpy(array)
+    if arr.ndim not in (2, 3):
+        raise MaxcaInputError(f"{path}: expected a 2-D or 3-D array, got shape {arr.shape}")
+    arr = _cast(arr, dtype, path)
+
+    if ext in NIFTI_EXTENSIONS:
+        img = _nifti_image(arr, affine, like)
+
+        def writer(tmp: Path) -> None:
+            nib.save(img, str(tmp))
+
+    else:
+        spacing, origin, direction = _sitk_geometry(affine, arr.ndim)
+
+        def writer(tmp: Path) -> None:
+            simg = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose()), isVector=False)
+            simg.SetSpacing(spacing)
+            simg.SetOrigin(origin)
+            simg.SetDirection(direction)
+            sitk.WriteImage(simg, str(tmp), useCompression=True)
+
+    _atomic_write(path, ext, writer)
+    return path
+
+
+def write_vector_field(
+    path: str | os.PathLike[str],
+    field: Any,
+    affine: np.ndarray,
+    like: Volume | None = None,
+) -> Path:
+    """Atomically write a vector field as a NIfTI vector image (intent ``VECTOR``).
+
+    NIfTI stores vectors in its 5th dimension, so a field of shape ``(X, Y, Z, d)`` is written
+    with shape ``(X, Y, Z, 1, d)`` (a 2-D field ``(X, Y, 2)`` as ``(X, Y, 1, 1, 2)``). The
+    components are written as given (e.g. voxel displacements, channels last); converting
+    units or frames is the caller's business (see ``docs/conventions.md``).
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        field: ``(*S, d)`` numpy array or torch tensor, ``len(S) == d`` in (2, 3).
+        affine: 4x4 RAS affine of the grid ``S``.
+        like: optional volume whose NIfTI header is reused (see :func:`write_volume`).
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in NIFTI_EXTENSIONS:
+        raise MaxcaInputError(f"{path}: vector fields are written as NIfTI, got {ext!r}")
+    arr = _to_numpy(field)
+    if arr.ndim not in (3, 4) or arr.shape[-1] != arr.ndim - 1:
+        raise MaxcaInputError(
+            f"{path}: expected a field of shape (*S, d) with d = len(S) in (2, 3), "
+            f"got shape {arr.shape}"
+        )
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise MaxcaInputError(f"{path}: affine must be 4x4, got shape {affine.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    d = arr.shape[-1]
+    spatial = arr.shape[:-1] + (1,) * (3 - d)
+    arr5 = arr.reshape(*spatial, 1, d)
+    img = _nifti_image(arr5, affine, like, intent="vector")
+
+    def writer(tmp: Path) -> None:
+        nib.save(img, str(tmp))
+
+    _atomic_write(path, ext, writer)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# grids
+
+
+def check_same_grid(a: Volume, b: Volume, what: str, tol_mm: float = GRID_TOLERANCE_MM) -> None:
+    """Raise unless ``a`` and ``b`` share shape and affine.
+
+    The affines are compared by the world positions of the grid's corner voxels, which must agree
+    within ``tol_mm`` (default 1e-3 mm).
+
+    Args:
+        a, b: the volumes.
+        what: what is compared, used as the message prefix (e.g. ``"fixed image vs label"``).
+    """
+    if a.shape != b.shape:
+        raise MaxcaInputError(f"{what}: grid shapes differ: {a.shape} vs {b.shape}")
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in a.shape], indexing="ij"))
+    corners = corners.reshape(a.ndim, -1)
+    homog = np.zeros((4, corners.shape[1]))
+    homog[: a.ndim] = corners
+    homog[3] = 1.0
+    diff = np.abs((a.affine - b.affine) @ homog).max()
+    if diff > tol_mm:
+        raise MaxcaInputError(
+            f"{what}: affines differ by up to {diff:.4g} mm (tolerance {tol_mm:g} mm)"
+        )

@@ -1,0 +1,189 @@
+"""The MAXCA block: multi-axis (regional + dilated) cross-covariance attention with RCAB.
+
+Meng, Fulham, Bi, Kim. "Advancing Deformable Medical Image Registration with Multi-axis
+Cross-covariance Attention", arXiv 2412.18545. Implemented from the description in MAXCA.md::
+
+    MAXCA(x)         = x + RCAB(MultiAxisXCA(x))
+    MultiAxisXCA(x)  = x + Dropout(Linear_2C->C([DilatedXCA(u), RegionalXCA(v)]))
+                       with [u, v] = GELU(Linear_C->2C(LayerNorm(x)))
+    RCAB(x)          = x + SE(Conv3(LeakyReLU_0.2(Conv3(LayerNorm(x)))))
+
+The scaffolding (:class:`MultiAxisMixer`, :class:`RCAB`, :class:`AttentionBlock`) is shared with
+the attention baselines in :mod:`maxca.layers.attention`, which swap only the two token mixers,
+so an ablation isolates the attention mechanism.
+
+Internally everything is channels-last (``(B, *S, C)``), where LayerNorm and Linear need no
+permute and oneDNN convolutions run fastest on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from maxca.errors import MaxcaInputError
+from maxca.layers.checkpoint import maybe_checkpoint
+from maxca.layers.factories import check_spatial_dims, conv_cls
+from maxca.layers.xca import XCALayer, check_heads
+
+
+class MultiAxisMixer(nn.Module):
+    """Expand to 2C, run two token mixers in parallel on the halves, project back, residual.
+
+    Args:
+        channels: ``C``.
+        branch_u: mixer for the first half (channels-last ``(B, *S, C)`` -> same).
+        branch_v: mixer for the second half.
+        drop: dropout after the output projection.
+
+    Input and output: channels-last ``(B, *S, C)``.
+    """
+
+    def __init__(self, channels: int, branch_u: nn.Module, branch_v: nn.Module, drop: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.expand = nn.Linear(channels, 2 * channels)
+        self.act = nn.GELU()
+        self.branch_u, self.branch_v = branch_u, branch_v
+        self.proj = nn.Linear(2 * channels, channels)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, *S, C)`` channels-last."""
+        C = x.shape[-1]
+        h = self.norm(x)
+        # The C -> 2C expansion and the 2C -> C projection are applied as two halves each, so
+        # u and v come out contiguous and no concatenation is materialised (same arithmetic).
+        we, be = self.expand.weight, self.expand.bias
+        u = self.act(F.linear(h, we[:C], be[:C]))  # (B, *S, C)
+        v = self.act(F.linear(h, we[C:], be[C:]))
+        u, v = self.branch_u(u), self.branch_v(v)
+        wp = self.proj.weight
+        out = F.linear(u, wp[:, :C], self.proj.bias)
+        out.view(-1, C).addmm_(v.reshape(-1, C), wp[:, C:].t())
+        if self.training and self.drop.p > 0:
+            out = self.drop(out)
+        return out.add_(x)
+
+
+class RCAB(nn.Module):
+    """Residual channel-attention block: ``x + SE(Conv3(LeakyReLU(Conv3(LayerNorm(x)))))``.
+
+    SE is squeeze-and-excitation: global mean, 1x1 conv C -> C/4, ReLU, 1x1 conv -> C, sigmoid,
+    rescale. Input and output: channels-last ``(B, *S, C)``.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        conv = conv_cls(spatial_dims)
+        self.spatial_dims = spatial_dims
+        self.norm = nn.LayerNorm(channels)
+        self.conv1 = conv(channels, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+        self.conv2 = conv(channels, channels, 3, padding=1)
+        hidden = max(1, channels // reduction)
+        self.se = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """``x``: ``(B, *S, C)`` channels-last; returns ``x + SE(...)`` (``+ skip`` if given,
+        fused into the same pass)."""
+        h = self.norm(x).movedim(-1, 1)  # (B, C, *S) in channels-last memory
+        h = self.conv2(self.act(self.conv1(h))).movedim(1, -1)  # (B, *S, C)
+        dims = tuple(range(1, 1 + self.spatial_dims))
+        w = self.se(h.mean(dim=dims))  # (B, C)
+        w = w.view(w.shape[0], *([1] * self.spatial_dims), w.shape[1])
+        base = x if skip is None else x + skip
+        return torch.addcmul(base, h, w)
+
+
+class AttentionBlock(nn.Module):
+    """``x + RCAB(MultiAxisMixer(x))`` on ``(B, C, *S)`` tensors; the mixers decide the kind.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: ``C``.
+        branch_u, branch_v: the two token mixers (channels-last in and out).
+        drop: dropout rate.
+        checkpoint: recompute the mixer and RCAB activations in backward (saves memory).
+
+    Input: ``(B, C, *S)``, any spatial size. Output: same shape (channels-last memory format).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        branch_u: nn.Module,
+        branch_v: nn.Module,
+        drop: float = 0.0,
+        checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.channels = channels
+        self.checkpoint = checkpoint
+        self.mixer = MultiAxisMixer(channels, branch_u, branch_v, drop)
+        self.rcab = RCAB(spatial_dims, channels)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error for a wrong rank or channel count."""
+        if x.dim() != self.spatial_dims + 2:
+            raise MaxcaInputError(
+                f"expected a {self.spatial_dims + 2}-D input (B, C, *spatial) for spatial_dims="
+                f"{self.spatial_dims}, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.channels:
+            raise MaxcaInputError(
+                f"expected {self.channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+
+    def _body(self, x: Tensor) -> Tensor:
+        return self.rcab(self.mixer(x), skip=x)  # x + RCAB(mixer(x)), residual fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, C, *S)`` -> ``(B, C, *S)``."""
+        self.check_input(x)
+        xl = x.movedim(1, -1).contiguous()  # (B, *S, C); free if x is channels-last already
+        return maybe_checkpoint(self._body, xl, enabled=self.checkpoint).movedim(-1, 1)
+
+
+class MAXCA(AttentionBlock):
+    """The MAXCA block: dilated XCA and regional XCA in parallel on two channel halves.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: ``C`` (each XCA branch works on ``C`` channels after the 2C expansion).
+        heads: heads per XCA branch (must divide ``C``).
+        region: region size ``R`` per axis (int or per-axis sequence), default 8.
+        drop: dropout rate.
+        checkpoint: gradient checkpointing.
+
+    Input and output: ``(B, C, *S)`` of any spatial size. Padding up to a multiple of ``R`` is
+    masked out, so it never changes the output at real voxels.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        heads: int = 4,
+        region: int | Sequence[int] = 8,
+        drop: float = 0.0,
+        checkpoint: bool = False,
+    ) -> None:
+        check_spatial_dims(spatial_dims)
+        check_heads(channels, heads)
+        super().__init__(
+            spatial_dims,
+            channels,
+            XCALayer(spatial_dims, channels, heads, region, "dilated", drop=drop),
+            XCALayer(spatial_dims, channels, heads, region, "regional", drop=drop),
+            drop=drop,
+            checkpoint=checkpoint,
+        )

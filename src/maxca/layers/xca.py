@@ -1,0 +1,146 @@
+"""Cross-covariance attention (XCA) on grouped tokens, with masked padding.
+
+One implementation serves regional XCA, dilated XCA and plain global XCA (XCiT), in 2-D and
+3-D. See ``docs/conventions.md`` and the method description (MAXCA.md, step 3).
+
+Per group of tokens and per head (``c`` channels, ``T`` tokens), with ``q, k, v`` of shape
+``(T, c)``::
+
+    A = softmax(tau_h * (q / |q|)^T (k / |k|))     # (c, c); norms taken along the token axis
+    out = v A^T                                    # (T, c)
+
+Padding: the input is projected first (LayerNorm and the depth-aware ``3^d`` convolution, with
+the convolution's own zero padding at the image border), and only then are ``q``, ``k``, ``v``
+zero-padded up to a multiple of the region size. A zero token adds nothing to ``q k^T`` nor
+to the token-axis norms, so padded tokens are exactly masked out: the output at real voxels is
+independent of how much padding a size needs. Normalisation is applied to the small ``c x c``
+Gram matrix instead of the large ``q``/``k`` tensors (the same numbers, two fewer passes over
+memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from maxca.errors import MaxcaInputError
+from maxca.layers.factories import check_spatial_dims, conv_cls
+from maxca.layers.partition import (
+    GROUPINGS,
+    as_tuple,
+    group_tokens,
+    pad_to_multiple,
+    split_view,
+    ungroup_view,
+)
+
+
+def check_heads(channels: int, heads: int) -> None:
+    """Raise a clear error unless ``heads`` is positive and divides ``channels``."""
+    if heads < 1 or channels % heads != 0:
+        raise MaxcaInputError(
+            f"channels ({channels}) must be divisible by heads ({heads}): "
+            f"choose heads among {[h for h in range(1, channels + 1) if channels % h == 0]}"
+        )
+
+
+def xca_mixing_matrix(
+    q: Tensor, k: Tensor, temperature: Tensor, heads: int, eps: float = 1e-12
+) -> Tensor:
+    """Per-group, per-head cross-covariance attention ``A = softmax(tau_h * qn^T kn)``.
+
+    Args:
+        q, k: ``(G, T, C')`` (any strides with unit channel stride), ``C' = heads * c``; tokens
+            on axis 1. Zero tokens contribute nothing (masked padding).
+        temperature: ``(heads, 1, 1)``.
+        heads: ``H``.
+        eps: lower bound of the token-axis norms (as in ``F.normalize``).
+
+    Returns:
+        ``(G, H, c, c)``; row ``i`` of head ``h`` holds the weights of output channel ``i``.
+    """
+    G, _, Cp = q.shape
+    c = Cp // heads
+    # (G, C', C') Gram over tokens; its diagonal blocks are the per-head Grams. One batched
+    # GEMM on the strided slices beats H small ones, and costs C'^2 per token, << the conv.
+    gram = q.transpose(1, 2) @ k
+    gram = gram.view(G, heads, c, heads, c).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+    qn = torch.linalg.vector_norm(q, dim=1).clamp_min(eps).view(G, heads, c, 1)
+    kn = torch.linalg.vector_norm(k, dim=1).clamp_min(eps).view(G, heads, 1, c)
+    return torch.softmax(gram / (qn * kn) * temperature, dim=-1)
+
+
+class XCALayer(nn.Module):
+    """One XCA layer: ``z + Dropout(Linear(XCA(Conv3^d(LayerNorm(z)))))`` with a token grouping.
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: ``C'`` = ``heads * c``.
+        heads: number of heads ``H`` (must divide ``channels``).
+        region: region size ``R`` per axis (ignored by ``grouping="global"``).
+        grouping: ``"regional"`` (tokens = voxels of one region), ``"dilated"`` (tokens = the
+            voxels at one in-region offset across all regions) or ``"global"`` (all voxels).
+        qkv_kernel: kernel size of the depth-aware qkv projection (3 per MAXCA.md; 1 gives the
+            Linear projection of XCiT).
+        drop: dropout rate after the output projection.
+
+    Input and output: channels-last ``(B, *S, C')``, any ``S``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        heads: int,
+        region: int | Sequence[int] = 8,
+        grouping: str = "regional",
+        qkv_kernel: int = 3,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        check_heads(channels, heads)
+        if grouping not in GROUPINGS:
+            raise MaxcaInputError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+        self.channels, self.heads, self.grouping = channels, heads, grouping
+        self.region = as_tuple(region, spatial_dims)
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = conv_cls(spatial_dims)(
+            channels, 3 * channels, qkv_kernel, padding=qkv_kernel // 2
+        )
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.proj = nn.Linear(channels, channels)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``z``: channels-last ``(B, *S, C')`` -> same shape."""
+        B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
+        c = Cp // H
+        h = self.norm(z)  # (B, *S, C') contiguous
+        qkv = self.qkv(h.movedim(-1, 1)).movedim(1, -1)  # (B, *S, 3C'), channels-last memory
+        region = spatial if self.grouping == "global" else self.region
+        qkv, pads = pad_to_multiple(qkv, region)  # zero tokens = masked out
+        padded = tuple(qkv.shape[1:-1])
+        tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3C')
+        q, k, v = tok.split(Cp, dim=-1)  # strided (B*G, T, C') each
+        attn = xca_mixing_matrix(q, k, self.temperature, H)  # (B*G, H, c, c)
+        # Fold "A v" (block-diagonal over heads) and the output Linear into one C'xC' matrix
+        # per group: out = v @ M + b, M[(h, j), o] = sum_i A[h, i, j] W[o, (h, i)].
+        w = self.proj.weight.view(Cp, H, c)
+        mix = torch.einsum("ghij,ohi->ghjo", attn, w).reshape(-1, Cp, Cp)
+        out = torch.baddbmm(self.proj.bias, v, mix)  # (B*G, T, C') contiguous
+        if self.training and self.drop.p > 0:
+            out = self.drop(out)
+        if self.grouping == "global":  # tokens are already in spatial order
+            return z + out.view(z.shape)
+        out = ungroup_view(out, B, padded, region, self.grouping)  # (B, g0, R0, ..., C')
+        if any(pads):
+            zp, _ = pad_to_multiple(z, region)
+            res = zp + out.reshape(zp.shape)
+            return res[(slice(None), *(slice(0, s) for s in spatial))].contiguous()
+        # residual add fused with the un-grouping: one pass, written in z's layout
+        # (TensorIterator lays the result out like its first operand, z: contiguous)
+        return (split_view(z, region) + out).view(z.shape)

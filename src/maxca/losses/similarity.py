@@ -1,0 +1,214 @@
+"""Image similarity losses: local normalised cross-correlation, MSE, soft Dice.
+
+All are ``nn.Module``s on ``(B, C, *S)`` tensors (2 or 3 spatial axes, the file's voxel order)
+that follow the inputs' device and dtype (half precision is computed in float32). Each returns
+a scalar **loss** to minimise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maxca.errors import MaxcaInputError
+from maxca.layers.factories import check_spatial_dims
+from maxca.losses._checks import (
+    check_same_shape,
+    check_spatial_tensor,
+    shape_str,
+    working_dtype,
+)
+
+__all__ = ["DiceLoss", "LocalNCC", "MSE", "one_hot"]
+
+_CONV = {2: F.conv2d, 3: F.conv3d}
+
+
+class LocalNCC(nn.Module):
+    """Local (windowed) normalised cross-correlation loss.
+
+    For every voxel, over the ``window`` neighbourhood (``n = prod(window)`` voxels, the image
+    zero-padded at the borders, ``n`` constant), with ``I`` fixed and ``J`` warped::
+
+        cross = sum(I J) - sum(I) sum(J) / n
+        var_I = sum(I^2) - sum(I)^2 / n          (clamped at 0; likewise var_J)
+        cc    = cross / sqrt(var_I * var_J + eps)
+
+    The window sums are separable box filters (one 1-D convolution per axis), never a dense
+    ``window^d`` kernel. ``cc`` lies in ``[-1, 1]``: 1 for a local affine intensity relation
+    with positive slope, -1 for a negative slope, 0 where either image is flat.
+
+    **Sign convention**: the loss is ``-mean(cc)`` over batch, channels and voxels, so a perfect
+    match gives -1 (lower is better) and an inverted image +1.
+
+    Args:
+        spatial_dims: 2 or 3.
+        window: odd window size (int, or one per axis), >= 1.
+        eps: added to ``var_I * var_J`` under the square root (>= 0).
+    """
+
+    def __init__(self, spatial_dims: int, window: int | Sequence[int] = 9, eps: float = 1e-5):
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        sizes = (window,) * self.spatial_dims if isinstance(window, int) else tuple(window)
+        if len(sizes) != self.spatial_dims or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 and w % 2 == 1 for w in sizes
+        ):
+            raise MaxcaInputError(
+                f"LocalNCC window must be an odd integer >= 1 (or {self.spatial_dims} of them), "
+                f"got {window!r}"
+            )
+        if not eps >= 0:
+            raise MaxcaInputError(f"LocalNCC eps must be >= 0, got {eps!r}")
+        self.window = sizes
+        self.eps = float(eps)
+
+    def extra_repr(self) -> str:
+        return f"spatial_dims={self.spatial_dims}, window={self.window}, eps={self.eps}"
+
+    def _box_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-padded window sums of ``x`` ``(N, 1, *S)`` by one 1-D convolution per axis."""
+        conv = _CONV[self.spatial_dims]
+        for axis, w in enumerate(self.window):
+            if w == 1:
+                continue
+            shape = [1, 1] + [1] * self.spatial_dims
+            shape[2 + axis] = w
+            padding = [0] * self.spatial_dims
+            padding[axis] = w // 2
+            kernel = torch.ones(shape, dtype=x.dtype, device=x.device)
+            x = conv(x, kernel, padding=tuple(padding))
+        return x
+
+    def local_cc(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """The local correlation map ``cc`` of shape ``(B, C, *S)`` (see the class docstring)."""
+        check_spatial_tensor(fixed, "fixed", self.spatial_dims)
+        check_spatial_tensor(warped, "warped", self.spatial_dims)
+        check_same_shape(fixed, warped, "fixed", "warped")
+        dtype = working_dtype(fixed)
+        I, J = fixed.to(dtype), warped.to(dtype)
+        stacked = torch.stack([I, J, I * I, J * J, I * J])  # (5, B, C, *S)
+        spatial = tuple(fixed.shape[2:])
+        sums = self._box_sum(stacked.reshape(-1, 1, *spatial)).reshape(stacked.shape)
+        s_i, s_j, s_ii, s_jj, s_ij = sums.unbind(0)
+        n = float(math.prod(self.window))
+        cross = s_ij - s_i * s_j / n
+        var_i = (s_ii - s_i * s_i / n).clamp_min(0)
+        var_j = (s_jj - s_j * s_j / n).clamp_min(0)
+        return cross / torch.sqrt(var_i * var_j + self.eps)
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """Loss ``-mean(cc)`` of ``fixed`` and ``warped``, both ``(B, C, *S)``; a scalar."""
+        return -self.local_cc(fixed, warped).mean()
+
+
+class MSE(nn.Module):
+    """Mean squared error ``mean((fixed - warped)^2)`` over all elements.
+
+    Args:
+        spatial_dims: optional 2 or 3 to check the inputs' rank (any rank otherwise).
+    """
+
+    def __init__(self, spatial_dims: int | None = None) -> None:
+        super().__init__()
+        self.spatial_dims = None if spatial_dims is None else check_spatial_dims(spatial_dims)
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """``fixed``, ``warped``: ``(B, C, *S)`` -> scalar."""
+        if self.spatial_dims is not None:
+            check_spatial_tensor(fixed, "fixed", self.spatial_dims)
+            check_spatial_tensor(warped, "warped", self.spatial_dims)
+        check_same_shape(fixed, warped, "fixed", "warped")
+        dtype = working_dtype(fixed)
+        return (fixed.to(dtype) - warped.to(dtype)).pow(2).mean()
+
+
+def one_hot(
+    labels: torch.Tensor, label_ids: Sequence[int], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """One channel per id of ``label_ids``: ``out[:, l] = (labels[:, 0] == label_ids[l])``.
+
+    Ids absent from ``label_ids`` (e.g. background, unless listed) get no channel.
+
+    Args:
+        labels: ``(B, 1, *S)`` integer label map.
+        label_ids: the ``L`` ids, in channel order.
+        dtype: floating output dtype.
+
+    Returns:
+        ``(B, L, *S)`` tensor of 0/1 on the labels' device.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() not in (4, 5) or labels.shape[1] != 1:
+        raise MaxcaInputError(
+            "one_hot labels must be a (B, 1, *S) tensor with 2 or 3 spatial axes, got "
+            f"{shape_str(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)}"
+        )
+    if labels.is_floating_point() or labels.is_complex():
+        raise MaxcaInputError(f"one_hot labels must be an integer tensor, got dtype {labels.dtype}")
+    ids = [int(i) for i in label_ids]
+    if not ids:
+        raise MaxcaInputError("one_hot needs at least one label id, got an empty list")
+    ids_t = torch.tensor(ids, dtype=labels.dtype, device=labels.device)
+    view = (1, len(ids)) + (1,) * (labels.dim() - 2)
+    return (labels == ids_t.view(view)).to(dtype)
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice loss ``1 - mean_{b, l} Dice_{b, l}``.
+
+    ``Dice = (2 sum(f w) + smooth) / (sum(f) + sum(w) + smooth)`` over the voxels of each batch
+    element ``b`` and channel ``l``, with ``f`` the fixed and ``w`` the warped moving
+    probabilities (a label absent from both counts as Dice 1).
+
+    Inputs are either ``(B, L, *S)`` probabilities / one-hot maps (e.g. the moving one-hot map
+    warped linearly) or ``(B, 1, *S)`` integer label maps, which are one-hot encoded with
+    ``labels`` (then required).
+
+    Args:
+        labels: label ids used to encode integer inputs (and only for that).
+        smooth: additive smoothing (> 0 keeps empty labels finite).
+    """
+
+    def __init__(self, labels: Sequence[int] | None = None, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.labels = None if labels is None else [int(i) for i in labels]
+        if self.labels is not None and not self.labels:
+            raise MaxcaInputError("DiceLoss labels must be a non-empty list of ids or None")
+        if not smooth >= 0:
+            raise MaxcaInputError(f"DiceLoss smooth must be >= 0, got {smooth!r}")
+        self.smooth = float(smooth)
+
+    def _prepare(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+            raise MaxcaInputError(
+                f"{name} must be a (B, L, *S) tensor with 2 or 3 spatial axes, got "
+                f"{shape_str(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
+        if x.is_floating_point():
+            return x
+        if self.labels is None:
+            raise MaxcaInputError(
+                f"{name} is an integer label map (dtype {x.dtype}); DiceLoss needs `labels` "
+                "to one-hot encode it, or pass one-hot probabilities"
+            )
+        return one_hot(x, self.labels)
+
+    def dice(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """Soft Dice per batch element and label, ``(B, L)``."""
+        f = self._prepare(fixed, "fixed")
+        w = self._prepare(warped, "warped")
+        check_same_shape(f, w, "fixed one-hot", "warped one-hot")
+        dtype = torch.promote_types(working_dtype(f), w.dtype)
+        f, w = f.to(dtype), w.to(dtype)
+        dims = tuple(range(2, f.dim()))
+        inter = (f * w).sum(dims)
+        total = f.sum(dims) + w.sum(dims)
+        return (2 * inter + self.smooth) / (total + self.smooth)
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """``1 - mean(dice(fixed, warped))``: 0 for a perfect overlap; a scalar."""
+        return 1 - self.dice(fixed, warped).mean()

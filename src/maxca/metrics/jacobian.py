@@ -1,0 +1,100 @@
+"""Regularity of a deformation: Jacobian determinant, folding percentage and SDlogJ.
+
+A flow is ``(d, *S)`` (or ``(1, d, *S)``), a voxel displacement ``u`` with channel ``k`` along
+spatial axis ``k``; the transformation is ``phi(p) = p + u(p)``. Derivatives are taken in voxel
+units, so the determinant is the local volume ratio of ``phi`` and does not depend on the
+voxel spacing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from maxca.errors import MaxcaInputError
+from maxca.metrics._common import ArrayLike, as_flow, as_mask, shape_str
+
+__all__ = ["jacobian_determinant", "njd_percent", "sdlogj", "LOG_CLIP"]
+
+#: Positive determinants are clipped to at least this value before the logarithm in
+#: :func:`sdlogj`, so one nearly singular voxel cannot dominate the standard deviation.
+LOG_CLIP = 1e-9
+
+
+def determinant(J: list[list[np.ndarray]]) -> np.ndarray:  # noqa: N803 (matrix name)
+    """Determinant of a field of 2x2 or 3x3 matrices given as nested lists of ``(*S)`` arrays."""
+    if len(J) == 2:
+        return J[0][0] * J[1][1] - J[0][1] * J[1][0]
+    return (
+        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
+        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
+        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
+    )
+
+
+def jacobian_determinant(flow: ArrayLike) -> np.ndarray:
+    """Determinant of ``J = I + grad u`` of ``phi(p) = p + u(p)`` at every voxel.
+
+    ``J[i, j] = delta_ij + d u_i / d p_j`` with ``u_i`` channel ``i``; derivatives come from
+    ``numpy.gradient`` in voxel units: central differences ``(u(p + e_j) - u(p - e_j)) / 2``
+    inside, one-sided differences on the first and last voxel of every axis, so the result has
+    the full grid size and is exact for affine flows everywhere.
+
+    Args:
+        flow: ``(d, *S)`` voxel displacement, ``d = len(S)`` in (2, 3), every size ``>= 2``.
+
+    Returns:
+        ``(*S)`` float64 determinant; values ``<= 0`` mark folding.
+    """
+    u = as_flow(flow)
+    d = u.shape[0]
+    if min(u.shape[1:]) < 2:
+        raise MaxcaInputError(
+            "flow must have at least 2 voxels along every spatial axis to take derivatives, "
+            f"got shape {shape_str(u.shape)}"
+        )
+    J = []
+    for i in range(d):
+        grads = np.gradient(u[i], axis=tuple(range(d)))  # d x (*S): d u_i / d p_j
+        J.append([g + 1.0 if i == j else g for j, g in enumerate(grads)])
+    return determinant(J)
+
+
+def njd_percent(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Percentage of voxels (inside ``mask``) where the Jacobian determinant is ``<= 0``.
+
+    Args:
+        flow: ``(d, *S)`` voxel displacement.
+        mask: optional ``(*S)`` region, non-zero = counted; ``None`` counts every voxel.
+
+    Returns:
+        ``100 * #{det <= 0} / #voxels`` in ``[0, 100]``.
+    """
+    det = jacobian_determinant(flow)
+    m = as_mask(mask, det.shape)
+    values = det if m is None else det[m]
+    return 100.0 * float(np.count_nonzero(values <= 0)) / values.size
+
+
+def sdlogj(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Standard deviation of ``log(det J)`` over the voxels (inside ``mask``) with ``det J > 0``.
+
+    Folded voxels (``det <= 0``) have no logarithm and are left out (they are counted by
+    :func:`njd_percent`); positive determinants below :data:`LOG_CLIP` are raised to it first.
+    The standard deviation is the population one (``ddof = 0``).
+
+    Args:
+        flow: ``(d, *S)`` voxel displacement.
+        mask: optional ``(*S)`` region, non-zero = used; ``None`` uses every voxel.
+
+    Returns:
+        The standard deviation (0 for any affine flow); ``NaN`` when no voxel has ``det > 0``.
+    """
+    det = jacobian_determinant(flow)
+    m = as_mask(mask, det.shape)
+    values = det if m is None else det[m]
+    values = values[values > 0]
+    if values.size == 0:
+        return math.nan
+    return float(np.log(np.maximum(values, LOG_CLIP)).std())

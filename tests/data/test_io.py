@@ -1,0 +1,261 @@
+"""Reading/writing volumes: affines, sitk <-> nibabel agreement, atomic writes, bad files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813
+import torch
+
+from maxca.data import io as mio
+from maxca.data.io import (
+    Volume,
+    check_same_grid,
+    read_vector_field,
+    read_volume,
+    write_vector_field,
+    write_volume,
+)
+from maxca.errors import MaxcaInputError
+
+from .conftest import AFFINE_2MM, write_nifti
+
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def oblique_affine() -> np.ndarray:
+    """Rotated (30 deg about axis 2, 10 deg about axis 0), flipped, anisotropic, shifted."""
+    a, b = math.radians(30), math.radians(10)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    flip = np.diag([-1.0, 1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ flip @ np.diag([1.5, 0.8, 2.5])
+    affine[:3, 3] = [12.3, -45.6, 7.8]
+    return affine
+
+
+def test_read_shared_nifti(brain_2mm: Path) -> None:
+    vol = read_volume(brain_2mm / "imagesTr" / "BRAIN_0001_0000.nii.gz")
+    assert vol.shape == (80, 96, 112)
+    assert vol.ndim == 3
+    assert vol.array.dtype == np.float32
+    np.testing.assert_array_equal(vol.affine, AFFINE_2MM)
+    assert vol.spacing == (2.0, 2.0, 2.0)
+    assert 0.0 <= vol.array.min() and vol.array.max() <= 1.0 and vol.array.max() > 0.9
+    lab = read_volume(brain_2mm / "labelsTr" / "BRAIN_0001_0000.nii.gz", kind="label")
+    assert np.issubdtype(lab.array.dtype, np.integer)
+    assert {2, 3, 41, 42}.issubset(set(np.unique(lab.array).tolist()))
+
+
+def test_sitk_reader_matches_nibabel_on_shared_file(brain_2mm: Path) -> None:
+    path = brain_2mm / "imagesTr" / "BRAIN_0002_0000.nii.gz"
+    arr, affine, _ = mio._read_sitk(path, "image")
+    vol = read_volume(path)
+    np.testing.assert_allclose(affine, vol.affine, atol=1e-5)
+    np.testing.assert_allclose(arr, vol.array, atol=1e-6)
+
+
+def test_nifti_round_trip_keeps_affine_and_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    affine = oblique_affine()
+    out = write_volume(tmp_path / "a.nii.gz", arr, affine)
+    vol = read_volume(out)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(vol.array, arr)
+    np.testing.assert_allclose(vol.spacing, (1.5, 0.8, 2.5), rtol=1e-6)
+    # sform and qform are both set, so ITK-based readers see the same grid
+    hdr = nib.load(str(out)).header
+    assert int(hdr["sform_code"]) > 0 and int(hdr["qform_code"]) > 0
+    # and SimpleITK reading the NIfTI gives nibabel's affine
+    sarr, saffine, _ = mio._read_sitk(out, "image")
+    np.testing.assert_allclose(saffine, vol.affine, atol=1e-4)
+    np.testing.assert_array_equal(sarr, arr)
+
+
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
+def test_nifti_to_sitk_format_keeps_ras_affine(tmp_path: Path, ext: str) -> None:
+    rng = np.random.default_rng(1)
+    arr = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    affine = oblique_affine()
+    nii = read_volume(write_nifti(tmp_path / "a.nii.gz", arr, affine))
+    out = write_volume(tmp_path / f"a{ext}", nii.array, like=nii)
+    back = read_volume(out)
+    np.testing.assert_allclose(back.affine, nii.affine, atol=1e-5)
+    np.testing.assert_array_equal(back.array, nii.array)
+    # independent check with SimpleITK itself: index (i, j, k) is at LPS(affine @ (i, j, k))
+    img = sitk.ReadImage(str(out))
+    ijk = (1, 3, 2)
+    expected = LPS @ (affine @ np.array([*ijk, 1.0]))[:3]
+    np.testing.assert_allclose(img.TransformIndexToPhysicalPoint(ijk), expected, atol=1e-4)
+    assert sitk.GetArrayFromImage(img)[ijk[::-1]] == arr[ijk]
+
+
+def test_label_round_trip_and_2d_mha(tmp_path: Path) -> None:
+    labels = np.arange(24, dtype=np.int16).reshape(4, 6)
+    affine = np.diag([0.5, -2.0, 1.0, 1.0])
+    affine[:2, 3] = [3.0, 4.0]
+    for name in ("l.nii.gz", "l.mha"):
+        write_volume(tmp_path / name, labels, affine)
+        vol = read_volume(tmp_path / name, kind="label", expected_ndim=2)
+        assert vol.shape == (4, 6) and np.issubdtype(vol.array.dtype, np.integer)
+        np.testing.assert_array_equal(vol.array, labels)
+        np.testing.assert_allclose(vol.affine[:2, [0, 1, 3]], affine[:2, [0, 1, 3]], atol=1e-6)
+
+
+def test_write_like_never_inherits_scaling(brain_2mm: Path, tmp_path: Path) -> None:
+    like = read_volume(brain_2mm / "imagesTr" / "BRAIN_0001_0000.nii.gz")  # uint8 + slope
+    values = np.linspace(-3.3, 7.7, num=int(np.prod(like.shape)), dtype=np.float32)
+    values = values.reshape(like.shape)
+    out = write_volume(tmp_path / "w.nii.gz", values, like=like)
+    back = read_volume(out)
+    np.testing.assert_array_equal(back.array, values)
+    np.testing.assert_array_equal(back.affine, like.affine)
+    assert int(nib.load(str(out)).header["sform_code"]) == 4  # MNI code kept from `like`
+
+
+def test_write_accepts_torch_tensor(tmp_path: Path) -> None:
+    t = torch.arange(60, dtype=torch.float32).reshape(3, 4, 5)
+    vol = read_volume(write_volume(tmp_path / "t.nii", t, np.eye(4)))
+    np.testing.assert_array_equal(vol.array, t.numpy())
+
+
+def test_atomic_write_leaves_only_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real_save = nib.save
+
+    def spy(img, filename):
+        seen.append(Path(filename).name)
+        real_save(img, filename)
+
+    monkeypatch.setattr(mio.nib, "save", spy)
+    write_volume(tmp_path / "sub" / "out.nii.gz", np.zeros((3, 3, 3), np.float32), np.eye(4))
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.nii.gz"]
+    assert len(seen) == 1
+    assert seen[0].startswith(".out.tmp-") and seen[0].endswith(".nii.gz")
+
+
+def test_failing_write_leaves_no_partial_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.nii.gz"
+    target.write_bytes(b"previous content")
+
+    def broken(img, filename):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mio.nib, "save", broken)
+    with pytest.raises(MaxcaInputError, match=r"out\.nii\.gz: cannot write file .*disk full"):
+        write_volume(target, np.zeros((3, 3, 3), np.float32), np.eye(4))
+    assert target.read_bytes() == b"previous content"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+    with pytest.raises(MaxcaInputError):
+        write_volume(tmp_path / "new.nii.gz", np.zeros((3, 3, 3), np.float32), np.eye(4))
+    assert not (tmp_path / "new.nii.gz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("bad.nii.gz", "cannot read NIfTI file"), ("bad.mha", "cannot read image file")],
+)
+def test_corrupt_file_clear_error(tmp_path: Path, name: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    with pytest.raises(MaxcaInputError, match=message) as info:
+        read_volume(path)
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file_and_bad_extension(tmp_path: Path) -> None:
+    with pytest.raises(MaxcaInputError, match=r"file not found: .*nope\.nii\.gz"):
+        read_volume(tmp_path / "nope.nii.gz")
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(MaxcaInputError, match=r"x\.png: unsupported file extension '\.png'"):
+        read_volume(tmp_path / "x.png")
+    with pytest.raises(MaxcaInputError, match=r"cannot write extension '\.mhd'"):
+        write_volume(tmp_path / "x.mhd", np.zeros((2, 2, 2)), np.eye(4))
+    with pytest.raises(MaxcaInputError, match="kind must be 'image' or 'label'"):
+        read_volume(tmp_path / "x.png", kind="mask")  # type: ignore[arg-type]
+
+
+def test_nan_image_rejected(tmp_path: Path) -> None:
+    arr = np.zeros((3, 4, 5), np.float32)
+    arr[1, 2, 3] = np.nan
+    arr[0, 0, 0] = np.inf
+    path = write_nifti(tmp_path / "nan.nii.gz", arr)
+    with pytest.raises(MaxcaInputError, match=r"nan\.nii\.gz: image has 2 NaN/Inf voxel"):
+        read_volume(path)
+
+
+def test_dimensions_checked_and_trailing_singletons_squeezed(tmp_path: Path) -> None:
+    path4 = write_nifti(tmp_path / "four.nii.gz", np.zeros((3, 4, 5, 2), np.float32))
+    with pytest.raises(MaxcaInputError, match=r"expected a 2-D or 3-D volume, .*\(3, 4, 5, 2\)"):
+        read_volume(path4)
+    with pytest.raises(MaxcaInputError, match=r"expected a 3-D volume, .*\(3, 4, 5, 2\)"):
+        read_volume(path4, expected_ndim=3)
+    single = write_nifti(tmp_path / "single.nii.gz", np.ones((3, 4, 5, 1), np.float32))
+    assert read_volume(single).shape == (3, 4, 5)
+    flat = write_nifti(tmp_path / "flat.nii.gz", np.ones((3, 4, 1), np.float32))
+    assert read_volume(flat).shape == (3, 4, 1)
+    assert read_volume(flat, expected_ndim=2).shape == (3, 4)
+    with pytest.raises(MaxcaInputError, match=r"expected a 2-D volume"):
+        read_volume(single, expected_ndim=2)
+
+
+def test_label_values_checked(tmp_path: Path) -> None:
+    bad = np.zeros((3, 3, 3), np.float32)
+    bad[1, 1, 1] = 2.5
+    path = write_nifti(tmp_path / "lab.nii.gz", bad)
+    with pytest.raises(MaxcaInputError, match=r"lab\.nii\.gz: label map has non-integer values"):
+        read_volume(path, kind="label")
+    good = write_nifti(tmp_path / "ok.nii.gz", np.full((3, 3, 3), 7.0, np.float32))
+    vol = read_volume(good, kind="label")
+    assert vol.array.dtype == np.int64 and (vol.array == 7).all()
+
+
+def test_integer_cast_on_write_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(MaxcaInputError, match="non-integer values with integer dtype uint8"):
+        write_volume(tmp_path / "l.nii.gz", np.full((2, 2, 2), 0.5), np.eye(4), dtype=np.uint8)
+    with pytest.raises(MaxcaInputError, match="do not fit dtype uint8"):
+        write_volume(tmp_path / "l.nii.gz", np.full((2, 2, 2), 300.0), np.eye(4), dtype="uint8")
+    write_volume(tmp_path / "l.nii.gz", np.full((2, 2, 2), 3.0), np.eye(4), dtype=np.uint8)
+    assert nib.load(str(tmp_path / "l.nii.gz")).get_data_dtype() == np.uint8
+
+
+def test_vector_field_layout_and_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    field3 = rng.normal(size=(4, 5, 6, 3)).astype(np.float32)
+    out = write_vector_field(tmp_path / "disp.nii.gz", field3, oblique_affine())
+    img = nib.load(str(out))
+    assert img.shape == (4, 5, 6, 1, 3)
+    assert img.header.get_intent()[0] == "vector"
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, :, 0, :], field3)
+    back, affine = read_vector_field(out)
+    np.testing.assert_array_equal(back, field3)
+    np.testing.assert_allclose(affine, oblique_affine(), atol=1e-5)
+    field2 = rng.normal(size=(4, 5, 2)).astype(np.float32)
+    out2 = write_vector_field(tmp_path / "disp2.nii", field2, np.eye(4))
+    assert nib.load(str(out2)).shape == (4, 5, 1, 1, 2)
+    np.testing.assert_array_equal(read_vector_field(out2)[0], field2)
+    with pytest.raises(MaxcaInputError, match=r"expected a field of shape \(\*S, d\)"):
+        write_vector_field(tmp_path / "bad.nii.gz", np.zeros((4, 5, 6, 2)), np.eye(4))
+
+
+def test_check_same_grid() -> None:
+    a = Volume(np.zeros((4, 5, 6), np.float32), oblique_affine())
+    check_same_grid(a, Volume(np.ones((4, 5, 6), np.uint8), oblique_affine() + 1e-5), "a vs b")
+    with pytest.raises(MaxcaInputError, match=r"fixed vs label: grid shapes differ"):
+        check_same_grid(a, Volume(np.zeros((4, 5, 7)), oblique_affine()), "fixed vs label")
+    shifted = oblique_affine()
+    shifted[0, 3] += 0.01
+    with pytest.raises(MaxcaInputError, match=r"a vs b: affines differ by up to 0\.01 mm"):
+        check_same_grid(a, Volume(np.zeros((4, 5, 6)), shifted), "a vs b")
+    with pytest.raises(MaxcaInputError, match="4x4"):
+        Volume(np.zeros((2, 2, 2)), np.eye(3))
