@@ -46,7 +46,7 @@ def test_read_shared_nifti(brain_2mm: Path) -> None:
     assert vol.array.dtype == np.float32
     np.testing.assert_array_equal(vol.affine, AFFINE_2MM)
     assert vol.spacing == (2.0, 2.0, 2.0)
-    assert 0.0 <= vol.array.min() and vol.array.max() <= 1.0 and vol.array.max() > 0.9
+    assert vol.array.min() >= 0.0 and vol.array.max() <= 1.0 and vol.array.max() > 0.9
     lab = read_volume(brain_2mm / "labelsTr" / "BRAIN_0001_0000.nii.gz", kind="label")
     assert np.issubdtype(lab.array.dtype, np.integer)
     assert {2, 3, 41, 42}.issubset(set(np.unique(lab.array).tolist()))

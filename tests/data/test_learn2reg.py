@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_shared_brain_dataset(brain_2mm: Path) -> None:
     assert load_learn2reg(brain_2mm).training == ds.training
 
 
-def _edit(json_path: Path, edit) -> Path:  # noqa: ANN001
+def _edit(json_path: Path, edit: Callable[[dict], object]) -> Path:
     data = json.loads(json_path.read_text())
     edit(data)
     json_path.write_text(json.dumps(data))
@@ -54,7 +55,10 @@ def _edit(json_path: Path, edit) -> Path:  # noqa: ANN001
     [
         (lambda d: d.pop("training"), r"missing key 'training'"),
         (lambda d: d["training"][3].pop("image"), r"training\[3\] has no 'image' key"),
-        (lambda d: d["registration_val"][1].pop("moving"), r"registration_val\[1\] has no 'moving'"),
+        (
+            lambda d: d["registration_val"][1].pop("moving"),
+            r"registration_val\[1\] has no 'moving'",
+        ),
         (lambda d: d["registration_val"][0].pop("fixed"), r"registration_val\[0\] has no 'fixed'"),
         (
             lambda d: d["training"][2].update(image="./imagesTr/missing.nii.gz"),
@@ -75,7 +79,9 @@ def _edit(json_path: Path, edit) -> Path:  # noqa: ANN001
         (lambda d: d.update(tensorImageShape={"0": [4, -1]}), r"'tensorImageShape' must be"),
     ],
 )
-def test_malformed_dataset_json(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+def test_malformed_dataset_json(
+    tmp_path: Path, edit: Callable[[dict], object], message: str
+) -> None:
     json_path = _edit(make_tiny_dataset(tmp_path), edit)
     with pytest.raises(MaxcaInputError, match=message) as info:
         load_learn2reg(json_path)

@@ -82,7 +82,9 @@ def test_padding_is_at_the_end_of_each_axis_and_cropped_exactly() -> None:
 
 def _blob_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A moving image of two Gaussian blobs, a smooth known flow, and fixed = warp(moving)."""
-    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 2, indexing="ij"))
+    grid = torch.stack(
+        torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 2, indexing="ij")
+    )
     c = (size - 1) / 2
     moving = torch.exp(-((grid[0] - c + 4) ** 2 + (grid[1] - c) ** 2) / 30.0)
     moving = moving + 0.7 * torch.exp(-((grid[0] - c - 6) ** 2 + (grid[1] - c - 5) ** 2) / 15.0)
@@ -125,13 +127,14 @@ def _scale_heads(model: torch.nn.Module, std: float = 0.05) -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_diffeomorphic_returns_velocity_and_its_exponential(name: str) -> None:
     model = tiny_model(name, 2, attention="xca", diffeomorphic=True, int_steps=5).eval()
-    _scale_heads(model)
+    _scale_heads(model, std={"pyramid": 0.05, "unet": 0.5, "hybrid": 1.0}[name])  # |v| ~ voxels
     fixed, moving = pair(2)
     with torch.no_grad():
         out = model(fixed, moving)
     assert out.velocity is not None
     assert out.velocity.shape == out.flow.shape == (1, 2) + SHAPES[2]
-    assert (out.flow - out.velocity).abs().max() > 1e-3
+    assert out.velocity.abs().max() > 0.5
+    assert (out.flow - out.velocity).abs().max() > 1e-2
     torch.testing.assert_close(out.flow, integrate_velocity(out.velocity, 5))
     torch.testing.assert_close(out.warped, warp(moving, out.flow))
 
@@ -179,8 +182,12 @@ def test_gradients_reach_every_parameter(name: str, overrides: dict) -> None:
     model = tiny_model(name, 2, attention="maxca", **overrides)
     fixed, moving = pair(2)
     _loss(model(fixed, moving), fixed).backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not missing
+    params = dict(model.named_parameters())
+    assert not [n for n, p in params.items() if p.grad is None]
+    # every gradient is non-zero, except possibly in squeeze-excitation MLPs: with tiny widths
+    # their ReLU has 2 hidden units, which a seeded init can leave inactive (a true zero)
+    zero = [n for n, p in params.items() if not p.grad.abs().sum() and ".se." not in n]
+    assert not zero
 
 
 def test_global_sa_explicit_full_resolution_level_is_refused_with_the_memory() -> None:

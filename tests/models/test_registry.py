@@ -100,7 +100,10 @@ def test_config_normalises_scalars_and_lists_to_per_axis_tuples() -> None:
         (lambda: create_model("pyramid", spatial_dims=4), r"spatial_dims must be 2 or 3, got 4"),
         (lambda: create_model("pyramid", enc_chanels=8), r"unknown option.*enc_chanels"),
         (lambda: create_model("pyramid", region=(4, 4)), r"region must have 3 entries"),
-        (lambda: create_model("pyramid", attention_levels=(4,)), r"attention_levels.*\[0, 1, 2, 3\]"),
+        (
+            lambda: create_model("pyramid", attention_levels=(4,)),
+            r"attention_levels.*\[0, 1, 2, 3\]",
+        ),
         (lambda: create_model("pyramid", blocks_per_level=3), r"blocks_per_level must be 1 or 2"),
         (lambda: create_model("unet", dec_channels=(8, 8)), r"dec_channels must have 5 entries"),
         (lambda: create_model("hybrid", attention_levels=(5,)), r"attention_levels"),

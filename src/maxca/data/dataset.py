@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maxca.data.io import check_same_grid, read_volume
+from maxca.data.io import Volume, check_same_grid, read_volume
 from maxca.data.learn2reg import ImageEntry, Learn2RegDataset, load_folder, load_learn2reg
 from maxca.data.pairs import AtlasPairs, ExplicitPairs, PairSampler, RandomPairs
 from maxca.data.transforms import (
@@ -65,7 +65,8 @@ class PairDataset(Dataset):
             must then agree within each pair).
         resize: how volumes reach ``target_shape``: ``"crop_or_pad"`` (centred) or
             ``"resample"`` (same physical extent; images linear, labels nearest).
-        normalise: ``"minmax"``, ``"percentile"`` (p1-p99 clip), ``"zscore"`` or ``None``.
+        normalise: ``"minmax"``, ``"percentile"`` (p1-p99 clip), ``"zscore"`` or ``None``;
+            statistics of the whole volume as read, before resizing (padding adds zeros).
         augment: ``True`` for the default :class:`AugmentConfig`, a config, or ``None``/``False``.
             Applied to each volume independently (the same geometry to its label map).
         cache: keep decoded, preprocessed volumes in memory (per worker process; call
@@ -214,6 +215,9 @@ class PairDataset(Dataset):
         if self.use_labels and entry.label is not None:
             label = read_volume(entry.label, "label", image.ndim)
             check_same_grid(image, label, f"label {entry.label} vs image {entry.image}")
+        if self.normalise is not None:  # before padding, so padded voxels don't count
+            normalised = normalize_intensity(image.array, self.normalise)  # type: ignore[arg-type]
+            image = Volume(normalised, image.affine, image.header, image.path)
         if self.target_shape is not None and self.target_shape != image.shape:
             if len(self.target_shape) != image.ndim:
                 raise MaxcaInputError(
@@ -229,8 +233,6 @@ class PairDataset(Dataset):
                 if label is not None:
                     label = resample_volume(label, shape=self.target_shape, kind="label")
         array = image.array
-        if self.normalise is not None:
-            array = normalize_intensity(array, self.normalise)  # type: ignore[arg-type]
         result = (np.ascontiguousarray(array, dtype=np.float32), None)
         if label is not None:
             result = (result[0], np.ascontiguousarray(label.array))

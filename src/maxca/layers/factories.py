@@ -1,4 +1,4 @@
-"""Rank-generic layer factories: one N-D implementation, conv/norm/pool picked by ``spatial_dims``."""
+"""Rank-generic layer factories: conv/norm/pool classes picked by ``spatial_dims`` (2 or 3)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def conv(
     stride: int = 1,
     bias: bool = True,
 ) -> nn.Module:
-    """A same-padded convolution of rank ``spatial_dims``: (B, Cin, *S) -> (B, Cout, *S / stride)."""
+    """Same-padded convolution of rank ``spatial_dims``: (B, Cin, *S) -> (B, Cout, *S / stride)."""
     return conv_cls(spatial_dims)(
         in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias
     )

@@ -27,10 +27,7 @@ GROUPINGS = ("regional", "dilated", "global")
 
 def as_tuple(value: int | Sequence[int], n: int, name: str = "region") -> tuple[int, ...]:
     """Normalise a scalar or per-axis sequence to an ``n``-tuple of positive ints."""
-    if isinstance(value, int):
-        out = (value,) * n
-    else:
-        out = tuple(int(v) for v in value)
+    out = (value,) * n if isinstance(value, int) else tuple(int(v) for v in value)
     if len(out) != n or any(v < 1 for v in out):
         raise MaxcaInputError(f"{name} must be a positive int or {n} positive ints, got {value!r}")
     return out
@@ -104,7 +101,9 @@ def group_tokens(x: Tensor, region: Sequence[int], mode: str) -> Tensor:
     return t.permute(0, *outer, *inner, 1 + 2 * d).reshape(-1, n_tok, C)
 
 
-def ungroup_view(t: Tensor, batch: int, spatial: Sequence[int], region: Sequence[int], mode: str) -> Tensor:
+def ungroup_view(
+    t: Tensor, batch: int, spatial: Sequence[int], region: Sequence[int], mode: str
+) -> Tensor:
     """Strided view of grouped tokens ``(B * G, T, C)`` in split spatial order.
 
     Returns ``(B, g0, R0, g1, R1, ..., C)`` (a view, no copy): reshape it to ``(B, *S, C)``

@@ -7,7 +7,6 @@ a scalar **loss** to minimise.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -31,8 +30,9 @@ _CONV = {2: F.conv2d, 3: F.conv3d}
 class LocalNCC(nn.Module):
     """Local (windowed) normalised cross-correlation loss.
 
-    For every voxel, over the ``window`` neighbourhood (``n = prod(window)`` voxels, the image
-    zero-padded at the borders, ``n`` constant), with ``I`` fixed and ``J`` warped::
+    For every voxel, over the ``n`` voxels of its ``window`` neighbourhood that lie inside the
+    image (near a border the window is truncated, never padded, so ``n`` there is smaller than
+    ``prod(window)``), with ``I`` fixed and ``J`` warped::
 
         cross = sum(I J) - sum(I) sum(J) / n
         var_I = sum(I^2) - sum(I)^2 / n          (clamped at 0; likewise var_J)
@@ -40,7 +40,9 @@ class LocalNCC(nn.Module):
 
     The window sums are separable box filters (one 1-D convolution per axis), never a dense
     ``window^d`` kernel. ``cc`` lies in ``[-1, 1]``: 1 for a local affine intensity relation
-    with positive slope, -1 for a negative slope, 0 where either image is flat.
+    with positive slope, -1 for a negative slope, 0 where either image is flat. Because the
+    windows are truncated rather than zero-padded, ``cc`` is invariant to an affine intensity
+    change of either image at every voxel, borders included (up to ``eps``).
 
     **Sign convention**: the loss is ``-mean(cc)`` over batch, channels and voxels, so a perfect
     match gives -1 (lower is better) and an inverted image +1.
@@ -71,7 +73,8 @@ class LocalNCC(nn.Module):
         return f"spatial_dims={self.spatial_dims}, window={self.window}, eps={self.eps}"
 
     def _box_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-padded window sums of ``x`` ``(N, 1, *S)`` by one 1-D convolution per axis."""
+        """Window sums of ``x`` ``(N, 1, *S)`` over the in-image voxels (one 1-D convolution
+        per axis; zero padding adds nothing to a sum)."""
         conv = _CONV[self.spatial_dims]
         for axis, w in enumerate(self.window):
             if w == 1:
@@ -84,6 +87,18 @@ class LocalNCC(nn.Module):
             x = conv(x, kernel, padding=tuple(padding))
         return x
 
+    def _window_count(self, spatial: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Number of in-image voxels of each voxel's window, ``(*S)``: a product of 1-D counts."""
+        count = torch.ones((), dtype=like.dtype, device=like.device)
+        for axis, (size, w) in enumerate(zip(spatial, self.window)):
+            idx = torch.arange(size, device=like.device)
+            half = w // 2
+            n_axis = torch.clamp(idx + half, max=size - 1) - torch.clamp(idx - half, min=0) + 1
+            shape = [1] * len(spatial)
+            shape[axis] = size
+            count = count * n_axis.to(like.dtype).reshape(shape)
+        return count
+
     def local_cc(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         """The local correlation map ``cc`` of shape ``(B, C, *S)`` (see the class docstring)."""
         check_spatial_tensor(fixed, "fixed", self.spatial_dims)
@@ -95,7 +110,7 @@ class LocalNCC(nn.Module):
         spatial = tuple(fixed.shape[2:])
         sums = self._box_sum(stacked.reshape(-1, 1, *spatial)).reshape(stacked.shape)
         s_i, s_j, s_ii, s_jj, s_ij = sums.unbind(0)
-        n = float(math.prod(self.window))
+        n = self._window_count(spatial, I)  # (*S), broadcasts over (B, C)
         cross = s_ij - s_i * s_j / n
         var_i = (s_ii - s_i * s_i / n).clamp_min(0)
         var_j = (s_jj - s_j * s_j / n).clamp_min(0)

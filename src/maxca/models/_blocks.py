@@ -16,11 +16,8 @@ __all__ = ["ConvBlock", "ChannelLayerNorm", "AttentionSlot", "attention_or_ident
 
 
 class ConvBlock(nn.Sequential):
-    """``k^d`` conv -> LeakyReLU(0.2) [-> InstanceNorm]: ``(B, Cin, *S) -> (B, Cout, *S/stride)``.
-
-    ``kernel_size`` odd and ``stride`` 1 keep the size (same padding); ``kernel_size=2``,
-    ``stride=2`` halves it exactly (patch embedding / merging).
-    """
+    """``k^d`` conv -> LeakyReLU(0.2) [-> InstanceNorm]: ``(B, Cin, *S) -> (B, Cout, *S/stride)``
+    (odd ``kernel_size``, same padding)."""
 
     def __init__(
         self,
@@ -93,7 +90,7 @@ class AttentionSlot(nn.Module):
     @property
     def max_tokens(self) -> int | None:
         """Token limit of the block (``global_sa`` only), else ``None``."""
-        if isinstance(self.block, GlobalSelfAttention):
+        if isinstance(self.block, GlobalSelfAttention) and self.block.max_tokens is not None:
             return int(self.block.max_tokens)
         return None
 

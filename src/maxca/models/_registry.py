@@ -70,7 +70,9 @@ def register_model(
     defaults = dict(defaults or {})
     unknown = sorted(set(defaults) - fields)
     if unknown:
-        raise TypeError(f"defaults for {name!r} name unknown fields of {config_cls.__name__}: {unknown}")
+        raise TypeError(
+            f"defaults for {name!r} name unknown fields of {config_cls.__name__}: {unknown}"
+        )
 
     def decorator(builder: T) -> T:
         entry = _Entry(name, builder, config_cls, defaults)  # type: ignore[arg-type]

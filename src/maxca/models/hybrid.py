@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maxca.layers.factories import avg_pool_cls, conv
+from maxca.layers.factories import avg_pool_cls, conv_cls
 from maxca.models._blocks import ChannelLayerNorm, ConvBlock, attention_or_identity
 from maxca.models._registry import register_model
 from maxca.models.base import ModelConfig, RegistrationModel, as_int, as_int_tuple
@@ -92,7 +92,7 @@ class _Downsample(nn.Sequential):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            conv(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2),
+            conv_cls(spatial_dims)(in_channels, out_channels, kernel_size=2, stride=2),
             ChannelLayerNorm(out_channels),
         )
 

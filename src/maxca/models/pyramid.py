@@ -87,9 +87,7 @@ class PyramidConfig(ModelConfig):
         self.blocks_per_level = as_int(self.blocks_per_level, "blocks_per_level", 1)
         if self.blocks_per_level > 2:
             raise MaxcaInputError(f"blocks_per_level must be 1 or 2, got {self.blocks_per_level}")
-        self.first_attention_level = as_int(
-            self.first_attention_level, "first_attention_level", 0
-        )
+        self.first_attention_level = as_int(self.first_attention_level, "first_attention_level", 0)
         if self.first_attention_level >= self.levels:
             raise MaxcaInputError(
                 f"first_attention_level must be in 0..{self.levels - 1}, "

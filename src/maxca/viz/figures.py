@@ -158,7 +158,7 @@ def registration_figure(
     the warped image with the fixed label contours (solid) and the warped label contours
     (dashed, same colour per label), the fixed grid deformed to ``p + u(p)`` by the in-plane
     flow components, and the Jacobian determinant of the full flow (diverging colours centred at
-    1, folds ``det <= 0`` outlined in black). Moving label contours, if given, are drawn on the
+    1, folds ``det <= 0`` outlined in gold). Moving label contours, if given, are drawn on the
     moving image. Rows: the three orthogonal mid-planes in 3-D, the image itself in 2-D. The
     PNG has :func:`figure_pixel_size` pixels and is written atomically (temporary PNG in the
     same folder, then ``os.replace``).
@@ -203,6 +203,8 @@ def registration_figure(
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise MaxcaInputError(f"path must end in .png, got {str(target)!r}")
+    if not target.parent.is_dir():
+        raise MaxcaInputError(f"output folder must exist, got {str(target.parent)!r}")
 
     fx, mv, wp = images["fixed"], images["moving"], images["warped"]
     assert fx is not None and mv is not None and wp is not None
@@ -251,7 +253,7 @@ def registration_figure(
         im = _show(ax[7], det_plane, aspect, cmap="RdBu_r", norm=jnorm)
         folds = det_plane <= 0
         if folds.any():
-            _contours(ax[7], folds.astype(np.int64), {1: (0.0, 0.0, 0.0, 1.0)}, "solid", 0.8)
+            _contours(ax[7], folds.astype(np.int64), {1: (1.0, 0.8, 0.0, 1.0)}, "solid", 1.0)
         ax[7].text(
             0.02, 0.02, f"folds {int(folds.sum())}", fontsize=7, transform=ax[7].transAxes,
             bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1},

@@ -1,0 +1,133 @@
+"""The MAXCA block and every attention kind: shapes, gradients, checkpointing, padding, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maxca import layers
+from maxca.errors import MaxcaInputError
+from maxca.layers.attention import ATTENTION_KINDS, GlobalSALayer, make_attention
+from maxca.layers.maxca import MAXCA
+
+SIZES = {2: (9, 13), 3: (7, 9, 11)}
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_every_kind_odd_sizes_shapes_and_gradients(d, kind):
+    torch.manual_seed(0)
+    m = make_attention(kind, d, 16, heads=2, region=4)
+    x = torch.randn(2, 16, *SIZES[d], requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    (y * torch.randn_like(y)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if kind == "none":
+        assert torch.equal(y, x)
+    else:
+        assert not torch.allclose(y, x)
+
+
+@pytest.mark.parametrize("kind", ["maxca", "window", "xca", "global_sa"])
+def test_checkpointing_gives_same_output_and_gradients(kind):
+    torch.manual_seed(0)
+    a = make_attention(kind, 3, 8, heads=2, region=4)
+    b = make_attention(kind, 3, 8, heads=2, region=4, checkpoint=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 8, 6, 7, 9)
+    outs, grads = [], []
+    for m in (a, b):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    torch.testing.assert_close(outs[0], outs[1])
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["maxca", "window"])
+def test_extra_padding_never_changes_the_block_output(d, kind, monkeypatch):
+    """Padding one whole extra region/window on every axis changes nothing at real voxels."""
+    import torch.nn.functional as F
+
+    import maxca.layers.attention as att_mod
+    import maxca.layers.xca as xca_mod
+    from maxca.layers.partition import pad_to_multiple
+
+    torch.manual_seed(0)
+    m = make_attention(kind, d, 8, heads=2, region=4).double()
+    x = torch.randn(1, 8, *SIZES[d], dtype=torch.float64)
+    ref = m(x)
+
+    def pad_more(t, reg):
+        tp, pads = pad_to_multiple(t, reg)
+        spec = [0, 0]
+        for r in reversed(reg):
+            spec += [0, r]
+        return F.pad(tp, spec), tuple(p + r for p, r in zip(pads, reg))
+
+    monkeypatch.setattr(xca_mod, "pad_to_multiple", pad_more)
+    monkeypatch.setattr(att_mod, "pad_to_multiple", pad_more)
+    torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_maxca_public_and_region_per_axis():
+    assert layers.MAXCA is MAXCA
+    m = MAXCA(3, 8, heads=2, region=(4, 2, 3))
+    x = torch.randn(1, 8, 5, 7, 4)
+    assert m(x).shape == x.shape
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(MaxcaInputError, match=r"channels \(12\) must be divisible by heads \(5\)"):
+        MAXCA(3, 12, heads=5)
+    with pytest.raises(MaxcaInputError, match="unknown attention kind 'swin'"):
+        make_attention("swin", 3, 8)
+    with pytest.raises(MaxcaInputError, match="spatial_dims must be 2 or 3"):
+        make_attention("maxca", 1, 8)
+    m = MAXCA(3, 8, heads=2, region=4)
+    with pytest.raises(MaxcaInputError, match=r"expected a 5-D input .* got shape \(1, 8, 6, 6\)"):
+        m(torch.randn(1, 8, 6, 6))
+    with pytest.raises(MaxcaInputError, match="expected 8 channels, got 4"):
+        m(torch.randn(1, 4, 6, 6, 6))
+
+
+def test_global_sa_refuses_with_memory_figure_and_runs_below_limit():
+    m = make_attention("global_sa", 3, 8, heads=2, max_tokens=500)
+    with pytest.raises(MaxcaInputError, match=r"8x8x8 = 512 tokens would need .* GB"):
+        m(torch.randn(1, 8, 8, 8, 8))
+    assert m(torch.randn(1, 8, 7, 8, 8)).shape == (1, 8, 7, 8, 8)
+
+
+def test_global_sa_layer_matches_multihead_reference():
+    torch.manual_seed(0)
+    layer = GlobalSALayer(2, 8, 2, max_tokens=None).double()
+    z = torch.randn(1, 5, 6, 8, dtype=torch.float64)
+    h = layer.norm(z).reshape(1, 30, 8)
+    q, k, v = layer.qkv(h).split(8, dim=-1)
+    outs = []
+    for hh in range(2):
+        s = slice(4 * hh, 4 * hh + 4)
+        a = torch.softmax(q[0, :, s] @ k[0, :, s].T / 2.0, dim=-1)
+        outs.append(a @ v[0, :, s])
+    ref = z + layer.proj(torch.cat(outs, -1)).reshape(z.shape)
+    torch.testing.assert_close(layer(z), ref)
+
+
+def test_window_attention_is_local():
+    """A perturbation changes window-SA outputs only in windows (shifted or not) touching it."""
+    torch.manual_seed(0)
+    m = make_attention("window", 2, 8, heads=2, region=4).double()
+    x = torch.randn(1, 8, 24, 24, dtype=torch.float64)
+    x2 = x.clone()
+    x2[0, :, 2, 2] += 1.0
+    diff = (m(x2) - m(x)).abs().amax(1)[0]
+    # the RCAB's two 3x3 convs add a halo of 2; unshifted window [0,4), shifted [0,2)+[2,6)
+    assert diff[12:, :].max() == 0 and diff[:, 12:].max() == 0
+    assert diff[2, 2] > 0

@@ -1,0 +1,163 @@
+"""LocalNCC, MSE, soft Dice and one_hot."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from maxca.errors import MaxcaInputError
+from maxca.losses import MSE, DiceLoss, LocalNCC, one_hot
+
+
+def dense_ncc_reference(
+    fixed: np.ndarray, warped: np.ndarray, window: tuple[int, ...], eps: float
+) -> np.ndarray:
+    """Local NCC by explicit loops over every voxel's window, truncated at the borders."""
+    d = len(window)
+    out = np.zeros(fixed.shape)
+    for lead in itertools.product(*[range(s) for s in fixed.shape[:-d]]):
+        for p in itertools.product(*[range(s) for s in fixed.shape[-d:]]):
+            box = tuple(
+                slice(max(0, p[k] - window[k] // 2), p[k] + window[k] // 2 + 1) for k in range(d)
+            )
+            a, b = fixed[lead + box], warped[lead + box]
+            n = a.size
+            cross = (a * b).sum() - a.sum() * b.sum() / n
+            va = max((a * a).sum() - a.sum() ** 2 / n, 0.0)
+            vb = max((b * b).sum() - b.sum() ** 2 / n, 0.0)
+            out[lead + p] = cross / np.sqrt(va * vb + eps)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("shape", "window"),
+    [((2, 1, 7, 6), 3), ((1, 2, 6, 5), 5), ((1, 1, 6, 7), (3, 5)), ((2, 1, 5, 4, 6), 3)],
+)
+def test_ncc_matches_dense_reference(shape: tuple[int, ...], window) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(0)
+    I = torch.rand(shape, generator=g, dtype=torch.float64)
+    J = 0.5 * I + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64)
+    d = len(shape) - 2
+    ncc = LocalNCC(d, window=window, eps=1e-5)
+    win = (window,) * d if isinstance(window, int) else window
+    ref = dense_ncc_reference(I.numpy(), J.numpy(), win, 1e-5)
+    cc = ncc.local_cc(I, J)
+    np.testing.assert_allclose(cc.numpy(), ref, atol=1e-5)
+    torch.testing.assert_close(ncc(I, J), torch.tensor(-ref.mean(), dtype=torch.float64))
+    # float32 agrees too
+    cc32 = ncc.local_cc(I.float(), J.float())
+    assert cc32.dtype == torch.float32
+    np.testing.assert_allclose(cc32.numpy(), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_ncc_self_and_negative(d: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    I = torch.rand((2, 1) + (24,) * d if d == 2 else (1, 1, 12, 12, 12), generator=g)
+    ncc = LocalNCC(d, window=5)
+    assert abs(ncc(I, I).item() + 1) < 1e-3
+    assert abs(ncc(I, -I).item() - 1) < 1e-3
+    assert abs(ncc(I, 1 - I).item() - 1) < 1e-3
+
+
+def test_ncc_invariant_to_affine_intensity_change() -> None:
+    g = torch.Generator().manual_seed(2)
+    I = torch.rand(1, 1, 20, 18, generator=g, dtype=torch.float64)
+    J = torch.rand(1, 1, 20, 18, generator=g, dtype=torch.float64) + I
+    ncc = LocalNCC(2, window=5, eps=1e-12)  # exact up to eps
+    # at every voxel, borders included (windows are truncated, not zero-padded)
+    cc = ncc.local_cc(I, J)
+    default = LocalNCC(2, window=5)
+    torch.testing.assert_close(default(2.5 * I + 7.0, J), default(I, J), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ncc.local_cc(2.5 * I + 7.0, J), cc, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ncc.local_cc(I, 0.5 * J - 3.0), cc, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ncc.local_cc(-2.0 * I + 1.0, J), -cc, atol=1e-6, rtol=0)
+    # a flat image gives 0, not NaN
+    flat = torch.full_like(I, 0.3)
+    assert torch.isfinite(default.local_cc(flat, J)).all()
+    assert default.local_cc(flat, J).abs().max() < 1e-6
+
+
+def test_ncc_gradients() -> None:
+    g = torch.Generator().manual_seed(3)
+    I = torch.rand(1, 1, 4, 5, generator=g, dtype=torch.float64)
+    J = torch.rand(1, 1, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: LocalNCC(2, window=3)(I, x), (J,))
+    J3 = torch.rand(1, 1, 4, 4, 4, generator=g, requires_grad=True)
+    LocalNCC(3, window=3)(torch.rand(1, 1, 4, 4, 4, generator=g), J3).backward()
+    assert J3.grad is not None and torch.isfinite(J3.grad).all() and J3.grad.abs().sum() > 0
+
+
+def test_ncc_bad_inputs() -> None:
+    with pytest.raises(MaxcaInputError, match="window must be an odd integer >= 1"):
+        LocalNCC(3, window=4)
+    with pytest.raises(MaxcaInputError, match="window must be an odd integer >= 1"):
+        LocalNCC(2, window=0)
+    with pytest.raises(MaxcaInputError, match=r"or 2 of them\), got \(3, 3, 3\)"):
+        LocalNCC(2, window=(3, 3, 3))
+    with pytest.raises(MaxcaInputError, match="spatial_dims must be 2 or 3"):
+        LocalNCC(4)
+    ncc = LocalNCC(2, window=3)
+    with pytest.raises(MaxcaInputError, match=r"must have the same shape, got \(1, 1, 5, 5\) and"):
+        ncc(torch.rand(1, 1, 5, 5), torch.rand(1, 1, 5, 6))
+    with pytest.raises(
+        MaxcaInputError, match=r"warped must have shape \(B, C, \*S\) with 2 spatial"
+    ):
+        ncc(torch.rand(1, 1, 5, 5), torch.rand(1, 1, 5, 5, 5))
+    with pytest.raises(MaxcaInputError, match="floating-point"):
+        ncc(torch.ones(1, 1, 5, 5, dtype=torch.long), torch.ones(1, 1, 5, 5, dtype=torch.long))
+
+
+def test_mse_known_value() -> None:
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    b = torch.zeros_like(a)
+    assert MSE()(a, b).item() == pytest.approx(30 / 4)
+    assert MSE(2)(a, a).item() == 0
+    with pytest.raises(MaxcaInputError, match="same shape"):
+        MSE()(a, b[..., :1])
+
+
+def test_one_hot() -> None:
+    lab = torch.tensor([[[[0, 3], [5, 3]]]])
+    oh = one_hot(lab, [3, 5])
+    assert oh.shape == (1, 2, 2, 2) and oh.dtype == torch.float32
+    assert oh[0, 0].tolist() == [[0, 1], [0, 1]] and oh[0, 1].tolist() == [[0, 0], [1, 0]]
+    with pytest.raises(MaxcaInputError, match="integer tensor"):
+        one_hot(lab.float(), [3])
+    with pytest.raises(MaxcaInputError, match=r"\(B, 1, \*S\)"):
+        one_hot(lab.expand(1, 2, 2, 2), [3])
+
+
+def test_dice_known_values() -> None:
+    fixed = torch.tensor([[[[1, 1], [2, 0]]]])
+    warped = torch.tensor([[[[1, 2], [2, 2]]]])
+    dice = DiceLoss(labels=[1, 2])
+    # label 1: |F|=2, |W|=1, overlap 1 -> 2/3; label 2: |F|=1, |W|=3, overlap 1 -> 1/2
+    torch.testing.assert_close(
+        dice.dice(fixed, warped), torch.tensor([[2 / 3, 1 / 2]]), atol=1e-5, rtol=0
+    )
+    assert dice(fixed, warped).item() == pytest.approx(1 - 7 / 12, abs=1e-5)
+    oh = one_hot(fixed, [1, 2])
+    assert dice(oh, oh).item() == pytest.approx(0.0, abs=1e-6)
+    # soft probabilities
+    f = torch.tensor([[[[1.0, 0.0]]]])
+    w = torch.tensor([[[[0.5, 0.5]]]])
+    assert DiceLoss().dice(f, w).item() == pytest.approx(0.5, abs=1e-5)
+    # a label absent from both counts as a perfect match
+    empty = torch.zeros(1, 1, 3, 3)
+    assert DiceLoss()(empty, empty).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_gradients_and_errors() -> None:
+    g = torch.Generator().manual_seed(4)
+    f = one_hot(torch.randint(0, 3, (2, 1, 4, 4, 4), generator=g), [0, 1, 2]).double()
+    w = torch.softmax(torch.randn(2, 3, 4, 4, 4, generator=g, dtype=torch.float64), 1)
+    w.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: DiceLoss()(f, x), (w,))
+    with pytest.raises(MaxcaInputError, match="needs `labels`"):
+        DiceLoss()(torch.zeros(1, 1, 3, 3, dtype=torch.long), torch.zeros(1, 1, 3, 3))
+    with pytest.raises(MaxcaInputError, match="same shape"):
+        DiceLoss()(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3))
