@@ -142,7 +142,6 @@ def ratio_and_profile(size: str, channels: int, threads: int, repeats: int) -> d
     # the block works channels-last; give both the same channels-last input
     xl = x.movedim(1, -1).contiguous()
     xin = xl.movedim(-1, 1)
-    C = channels
     mix = m.mixer
 
     def convs_and_linears():

@@ -98,8 +98,8 @@ class RCAB(nn.Module):
         dims = tuple(range(1, 1 + self.spatial_dims))
         w = self.se(h.mean(dim=dims))  # (B, C)
         w = w.view(w.shape[0], *([1] * self.spatial_dims), w.shape[1])
-        base = x if skip is None else x + skip
-        return torch.addcmul(base, h, w)
+        out = torch.addcmul(x, h, w)
+        return out if skip is None else out.add_(skip)
 
 
 class AttentionBlock(nn.Module):

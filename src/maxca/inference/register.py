@@ -1,0 +1,567 @@
+"""Registering one pair of volumes with a trained model, in physical space.
+
+The network runs on its own *model grid* (the shape and spacing it was trained at, from the
+checkpoint's ``data`` entry), while the user's images live on their own grids. This module
+moves between them through the affines only (``docs/conventions.md``):
+
+1. The model grid takes the orientation of the fixed image (its direction cosines), the model's
+   shape and spacing, and is centred on the fixed image's centre.
+2. Fixed and moving images are normalised as at training time and resampled (linear, zero
+   outside, Gaussian pre-smoothing where the model grid is coarser) onto the model grid: model
+   voxel ``q`` takes the value of the image at the world point ``G q`` (``G`` the grid affine).
+3. The network predicts a flow ``u_grid`` (voxels of the model grid). Its physical displacement
+   at a fixed voxel ``p`` with world position ``x = A_f p`` is ``D(x) = R_grid u_grid(q(x))``
+   (``R_grid = G[:3, :d]``, ``q(x)`` the model-grid index of ``x``, linear interpolation,
+   border values beyond the grid). The voxel displacement on the fixed grid is
+   ``u = A_f[:3, :d]^+ D`` (the pseudo-inverse is the inverse in 3-D).
+4. The warped image is the moving image sampled at ``x + D(x)`` through the moving affine
+   (linear, zero outside); label maps the same way with nearest neighbour, so every warped label
+   is a value of the input map (or 0 outside it).
+
+Voxel index ``p`` is voxel centre ``p`` throughout (``grid_sample`` with ``align_corners=True``
+on ``2 p / (n - 1) - 1``), so the identity never shifts anything by half a voxel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy import ndimage
+
+from maxca.data.io import Volume, check_same_grid
+from maxca.data.transforms import NORMALISATIONS, normalize_intensity
+from maxca.errors import MaxcaInputError
+from maxca.spatial import identity_grid, integrate_velocity
+
+__all__ = [
+    "ModelGrid",
+    "RegistrationResult",
+    "index_map",
+    "model_grid",
+    "register_pair",
+    "resample_to_grid",
+    "resolve_device",
+    "sample_grid",
+    "warp_volume",
+]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# grids and index maps
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The grid the network runs on.
+
+    Attributes:
+        shape: spatial shape ``(D0, D1[, D2])``.
+        affine: ``(4, 4)`` RAS voxel-to-world matrix (mm).
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis."""
+        d = len(self.shape)
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :d], axis=0))
+
+
+def _per_axis(value: Any, d: int, name: str, integer: bool) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64).ravel()
+    if arr.size == 1:
+        arr = np.repeat(arr, d)
+    if arr.size != d or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise MaxcaInputError(
+            f"checkpoint data.{name} must be {d} positive values for a {d}-D image, got {value!r}"
+        )
+    if integer and np.any(arr != np.round(arr)):
+        raise MaxcaInputError(f"checkpoint data.{name} must hold integers, got {value!r}")
+    return arr
+
+
+def model_grid(fixed: Volume, data: Mapping[str, Any] | None) -> ModelGrid:
+    """The model grid for a fixed image: orientation of ``fixed``, size from ``data``.
+
+    ``data`` is the checkpoint's ``data`` entry. With ``shape`` and ``spacing`` both given the
+    grid has exactly that shape and spacing; with only ``shape`` its spacing spreads the fixed
+    image's extent over ``shape`` voxels (cells); with only ``spacing`` the shape is the fixed
+    extent divided by it (rounded); with neither the grid is the fixed image's own grid. The grid
+    is always centred on the fixed image's centre and shares its direction cosines.
+
+    Args:
+        fixed: the fixed image ``(*S_f)`` with its affine.
+        data: mapping with optional ``shape`` (``d`` ints) and ``spacing`` (``d`` mm values or
+            one value for all axes).
+
+    Returns:
+        the :class:`ModelGrid`.
+    """
+    data = data or {}
+    d = fixed.ndim
+    f_shape = np.asarray(fixed.shape, dtype=np.float64)
+    f_spacing = np.asarray(fixed.spacing, dtype=np.float64)
+    shape = data.get("shape")
+    spacing = data.get("spacing")
+    if shape is None and spacing is None:
+        return ModelGrid(tuple(fixed.shape), fixed.affine.copy())
+    if shape is not None:
+        g_shape = _per_axis(shape, d, "shape", integer=True)
+        g_spacing = (
+            f_shape * f_spacing / g_shape
+            if spacing is None
+            else _per_axis(spacing, d, "spacing", integer=False)
+        )
+    else:
+        g_spacing = _per_axis(spacing, d, "spacing", integer=False)
+        g_shape = np.maximum(1, np.round(f_shape * f_spacing / g_spacing))
+    direction = fixed.affine[:3, :d] / f_spacing[None, :]
+    affine = fixed.affine.copy()
+    affine[:3, :d] = direction * g_spacing[None, :]
+    centre = fixed.affine[:3, :d] @ ((f_shape - 1) / 2) + fixed.affine[:3, 3]
+    affine[:3, 3] = centre - affine[:3, :d] @ ((g_shape - 1) / 2)
+    return ModelGrid(tuple(int(s) for s in g_shape), affine)
+
+
+def index_map(
+    target_affine: np.ndarray, source_affine: np.ndarray, d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map from voxel indices of a target grid to those of a source grid.
+
+    ``source_index = B @ target_index + b`` for the voxel of the source grid at the same world
+    position (``B = A_s[:3, :d]^+ A_t[:3, :d]``, ``b = A_s[:3, :d]^+ (t_t - t_s)``; for 2-D grids
+    the pseudo-inverse projects onto the source plane).
+
+    Returns:
+        ``(B (d, d), b (d,))`` float64.
+    """
+    s_inv = np.linalg.pinv(np.asarray(source_affine, dtype=np.float64)[:3, :d])
+    t = np.asarray(target_affine, dtype=np.float64)
+    B = s_inv @ t[:3, :d]
+    b = s_inv @ (t[:3, 3] - np.asarray(source_affine, dtype=np.float64)[:3, 3])
+    return B, b
+
+
+def _apply(B: np.ndarray, b: np.ndarray, points: torch.Tensor) -> torch.Tensor:
+    """``B @ points + b`` for ``points`` of shape ``(d, *S)`` -> ``(d, *S)``."""
+    d = points.shape[0]
+    out = [
+        sum(float(B[i, j]) * points[j] for j in range(d) if B[i, j] != 0.0) + float(b[i])
+        for i in range(d)
+    ]
+    return torch.stack([o if torch.is_tensor(o) else torch.full_like(points[0], o) for o in out])
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling
+
+
+def _work_dtype(image: torch.Tensor, mode: str) -> torch.dtype:
+    if image.is_floating_point():
+        return torch.promote_types(image.dtype, torch.float32)
+    if image.dtype in (torch.int32, torch.int64) or mode == "linear":
+        return torch.float64 if image.dtype in (torch.int32, torch.int64) else torch.float32
+    return torch.float32  # uint8, int8, int16, bool: exact in float32
+
+
+def sample_grid(
+    image: torch.Tensor, coords: torch.Tensor, mode: str = "linear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Sample ``image`` at arbitrary voxel coordinates.
+
+    Args:
+        image: ``(B, C, *S_in)`` floating image or integer/bool label map.
+        coords: ``(d, *S_out)`` (or ``(B, d, *S_out)``) voxel coordinates in ``image``'s array
+            axis order (channel ``k`` = index along axis ``k``); voxel index ``p`` is voxel
+            centre ``p``.
+        mode: ``"linear"`` or ``"nearest"`` (label maps: values copied exactly, dtype kept).
+        padding_mode: ``"zeros"`` or ``"border"``.
+
+    Returns:
+        ``(B, C, *S_out)``.
+    """
+    if mode not in ("linear", "nearest"):
+        raise MaxcaInputError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    if padding_mode not in ("zeros", "border"):
+        raise MaxcaInputError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    d = image.dim() - 2
+    if coords.dim() == d + 1:
+        coords = coords.unsqueeze(0).expand(image.shape[0], *coords.shape)
+    if coords.shape[1] != d:
+        raise MaxcaInputError(
+            f"coords must have {d} channels for a {d}-D image, got shape {tuple(coords.shape)}"
+        )
+    work = _work_dtype(image, mode)
+    src = image.to(work)
+    sizes = list(image.shape[2:])
+    offsets = [0] * d
+    if 1 in sizes:  # grid_sample cannot normalise a size-1 axis: pad it to 3 voxels
+        pad: list[int] = []
+        for k in reversed(range(d)):
+            pad += [1, 1] if sizes[k] == 1 else [0, 0]
+        src = F.pad(src, pad, mode="constant" if padding_mode == "zeros" else "replicate")
+        offsets = [1 if n == 1 else 0 for n in sizes]
+        sizes = [3 if n == 1 else n for n in sizes]
+    coords = coords.to(work)
+    sample = torch.stack(
+        [(coords[:, k] + offsets[k]) * (2.0 / (sizes[k] - 1)) - 1.0 for k in reversed(range(d))],
+        dim=-1,
+    )  # (B, *S_out, d) in grid_sample's x = last axis order
+    out = F.grid_sample(
+        src,
+        sample,
+        mode="bilinear" if mode == "linear" else "nearest",
+        padding_mode=padding_mode,
+        align_corners=True,
+    )
+    if mode == "nearest" and not image.is_floating_point():
+        out = out.round().to(image.dtype)
+    return out
+
+
+def _torch_spatial(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(*S)`` numpy array -> ``(1, 1, *S)`` tensor (labels keep an integer dtype)."""
+    arr = np.ascontiguousarray(array)
+    if arr.dtype == np.uint16:
+        arr = arr.astype(np.int32)
+    elif arr.dtype in (np.uint32, np.uint64):
+        arr = arr.astype(np.int64)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    return torch.from_numpy(arr)[None, None].to(device)
+
+
+def resample_to_grid(
+    volume: Volume,
+    grid: ModelGrid,
+    kind: str = "image",
+    device: torch.device | str = "cpu",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resample a volume onto a grid through both affines.
+
+    Grid voxel ``q`` takes the value of ``volume`` at the world point of ``q``: linear for
+    ``kind="image"`` (zero outside the volume; with ``antialias``, a Gaussian of
+    ``sigma = (f - 1) / 2`` voxels first smooths every axis along which a grid voxel spans
+    ``f > 1`` volume voxels), nearest for ``kind="label"`` (values and dtype kept).
+
+    Returns:
+        ``(1, 1, *grid.shape)`` tensor on ``device`` (float32 for images).
+    """
+    d = volume.ndim
+    B, b = index_map(grid.affine, volume.affine, d)
+    array = volume.array
+    if kind == "image":
+        array = np.asarray(array, dtype=np.float32)
+        step = np.abs(B).max(axis=1)  # volume voxels spanned by one grid voxel, per volume axis
+        sigma = np.where(step > 1.0 + 1e-6, (step - 1.0) / 2.0, 0.0)
+        if antialias and np.any(sigma > 0):
+            array = ndimage.gaussian_filter(array, sigma=sigma, mode="nearest").astype(np.float32)
+    dev = torch.device(device)
+    src = _torch_spatial(array, dev)
+    base = identity_grid(grid.shape, device=dev, dtype=torch.float32)
+    coords = _apply(B, b, base)
+    mode = "linear" if kind == "image" else "nearest"
+    return sample_grid(src, coords, mode=mode, padding_mode="zeros")
+
+
+def flow_to_fixed_grid(
+    grid_flow: torch.Tensor, grid: ModelGrid, fixed_affine: np.ndarray, fixed_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Bring a model-grid flow onto the fixed grid (see the module docstring, step 3).
+
+    Args:
+        grid_flow: ``(1, d, *grid.shape)`` voxel displacement of the model grid.
+        grid: the model grid.
+        fixed_affine: ``(4, 4)`` affine of the fixed grid.
+        fixed_shape: spatial shape of the fixed grid.
+
+    Returns:
+        ``(1, d, *fixed_shape)`` voxel displacement of the fixed grid (same device/dtype).
+    """
+    d = len(fixed_shape)
+    if tuple(fixed_shape) == tuple(grid.shape) and np.allclose(
+        grid.affine, fixed_affine, rtol=0, atol=1e-9
+    ):
+        return grid_flow
+    B, b = index_map(fixed_affine, grid.affine, d)  # fixed index -> grid index
+    base = identity_grid(fixed_shape, device=grid_flow.device, dtype=grid_flow.dtype)
+    sampled = sample_grid(grid_flow, _apply(B, b, base), "linear", padding_mode="border")[0]
+    K = np.linalg.pinv(np.asarray(fixed_affine)[:3, :d]) @ grid.affine[:3, :d]
+    return _apply(K, np.zeros(d), sampled)[None]
+
+
+def warp_volume(
+    moving: Volume,
+    flow: torch.Tensor,
+    fixed_affine: np.ndarray,
+    kind: str = "image",
+) -> torch.Tensor:
+    """Warp a moving volume onto the fixed grid by a fixed-grid voxel displacement.
+
+    ``out(p) = moving(world -> moving index of A_f (p + u(p)))``: linear with zero padding for
+    images, nearest (values kept) for label maps. With a zero flow this resamples the moving
+    volume onto the fixed grid by the identity transform.
+
+    Args:
+        moving: the moving volume (any grid).
+        flow: ``(1, d, *S_f)`` voxel displacement of the fixed grid (its device is used).
+        fixed_affine: ``(4, 4)`` affine of the fixed grid.
+        kind: ``"image"`` or ``"label"``.
+
+    Returns:
+        ``(1, 1, *S_f)`` tensor (float32 for images, the label dtype for label maps).
+    """
+    d = moving.ndim
+    if flow.dim() != d + 2 or flow.shape[1] != d:
+        raise MaxcaInputError(
+            f"flow must have shape (1, {d}, *S) for a {d}-D moving volume, got {tuple(flow.shape)}"
+        )
+    B, b = index_map(fixed_affine, moving.affine, d)
+    base = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
+    coords = _apply(B, b, base + flow[0])
+    src = _torch_spatial(
+        moving.array if kind == "label" else np.asarray(moving.array, np.float32), flow.device
+    )
+    return sample_grid(src, coords, "linear" if kind == "image" else "nearest", "zeros")
+
+
+# ----------------------------------------------------------------------------------------------
+# registration
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` must be available."""
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise MaxcaInputError(f"device must be one of {list(DEVICES)}, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MaxcaInputError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+@dataclass
+class RegistrationResult:
+    """Everything :func:`register_pair` computed, on the fixed image's grid.
+
+    Attributes:
+        fixed, moving: the input volumes.
+        warped: the moving image warped onto the fixed grid (float32, fixed affine/header).
+        flow: ``(d, *S_f)`` float32 voxel displacement of the fixed grid (channel ``k`` along
+            fixed axis ``k``): ``warped(p) = moving(A_m^-1 A_f (p + flow(p)))``.
+        grid: the model grid the network ran on.
+        grid_flow: ``(1, d, *grid.shape)`` the network's (refined) flow on the model grid (CPU).
+        warped_labels: the moving label map warped (nearest) onto the fixed grid, or ``None``.
+        fixed_labels, moving_labels: the label maps given, or ``None``.
+        device: the device the network ran on.
+        timings: seconds per stage (``"preprocess"``, ``"network"``, ``"refine"``, ``"resample"``,
+            ``"total"``).
+    """
+
+    fixed: Volume
+    moving: Volume
+    warped: Volume
+    flow: np.ndarray
+    grid: ModelGrid
+    grid_flow: torch.Tensor
+    warped_labels: Volume | None = None
+    fixed_labels: Volume | None = None
+    moving_labels: Volume | None = None
+    device: str = "cpu"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def displacement_mm(self) -> np.ndarray:
+        """``(3, *S_f)`` physical displacement in RAS mm: ``A_f[:3, :d] @ flow``."""
+        d = self.flow.shape[0]
+        M = self.fixed.affine[:3, :d].astype(np.float32)
+        return np.tensordot(M, self.flow, axes=1)
+
+    def moving_on_fixed_grid(self, kind: str = "image") -> np.ndarray:
+        """The moving image (or label map) resampled onto the fixed grid without deformation."""
+        vol = self.moving if kind == "image" else self.moving_labels
+        if vol is None:
+            raise MaxcaInputError("no moving label map was given")
+        zero = torch.zeros((1, self.flow.shape[0], *self.flow.shape[1:]), dtype=torch.float32)
+        return warp_volume(vol, zero, self.fixed.affine, kind)[0, 0].numpy()
+
+
+def _normalisation(data: Mapping[str, Any]) -> tuple[str | None, tuple[float, float]]:
+    mode = data.get("normalise", data.get("normalize", "minmax"))
+    if mode in (None, "none", "null", False):
+        return None, (1.0, 99.0)
+    if mode not in NORMALISATIONS:
+        raise MaxcaInputError(
+            f"checkpoint data.normalise must be one of {list(NORMALISATIONS)} or null, "
+            f"got {mode!r}"
+        )
+    pct = data.get("percentiles", (1.0, 99.0))
+    return str(mode), (float(pct[0]), float(pct[1]))
+
+
+def _check_labels(image: Volume, labels: Volume | None, what: str) -> None:
+    if labels is None:
+        return
+    if labels.ndim != image.ndim:
+        raise MaxcaInputError(
+            f"{what} label map is {labels.ndim}-D but its image is {image.ndim}-D"
+        )
+    if np.issubdtype(labels.array.dtype, np.floating):
+        raise MaxcaInputError(f"{what} label map must hold integers, got {labels.array.dtype}")
+    check_same_grid(image, labels, f"{what} label map grid differs from its image")
+
+
+def _spatial_dims(model: nn.Module, info: Any) -> int | None:
+    dims = getattr(model, "spatial_dims", None)
+    if dims is None:
+        dims = (getattr(info, "data", None) or {}).get("spatial_dims")
+    return None if dims is None else int(dims)
+
+
+def register_pair(
+    model: nn.Module,
+    info: Any,
+    fixed: Volume,
+    moving: Volume,
+    moving_labels: Volume | None = None,
+    fixed_labels: Volume | None = None,
+    device: str | torch.device = "cpu",
+    diffeomorphic: bool | None = None,
+    refine_steps: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a trained network, in physical space.
+
+    See the module docstring for the geometry. The network runs without gradients in eval mode.
+
+    Args:
+        model: a registration network, ``model(fixed (1, 1, *S_g), moving) -> RegistrationOutput``.
+        info: the :class:`~maxca.training.checkpoint.CheckpointInfo` (its ``data`` gives the model
+            grid ``shape``/``spacing`` and the ``normalise`` mode; ``None`` = the fixed grid,
+            min-max normalisation).
+        fixed, moving: the images (2-D or 3-D, any grids and orientations).
+        moving_labels: optional label map on the moving image's grid, warped with nearest
+            neighbour.
+        fixed_labels: optional label map on the fixed image's grid (kept for evaluation).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        diffeomorphic: ``True`` makes the transform diffeomorphic: a model that is not is taken to
+            predict a stationary velocity field, integrated by scaling and squaring (7 steps).
+            ``None``/``False``: the model's flow as it is (a diffeomorphic model's is integrated).
+        refine_steps: instance-optimisation steps on the model grid (0 = none), see
+            :func:`maxca.inference.refine.refine_flow`.
+        refine_options: keyword arguments for :func:`~maxca.inference.refine.refine_flow`
+            (``lr``, ``weights``, ``similarity``, ``window``); default from ``info.data["loss"]``.
+
+    Returns:
+        a :class:`RegistrationResult` on the fixed grid.
+
+    Raises:
+        MaxcaInputError: mismatched dimensions, a label map whose grid differs from its image,
+            an unusable checkpoint ``data`` entry, an unavailable device.
+    """
+    from maxca.inference.refine import refine_flow
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    d = fixed.ndim
+    if moving.ndim != d:
+        raise MaxcaInputError(f"fixed image is {d}-D but moving image is {moving.ndim}-D")
+    dims = _spatial_dims(model, info)
+    if dims is not None and dims != d:
+        raise MaxcaInputError(f"the model registers {dims}-D images, got {d}-D images")
+    _check_labels(fixed, fixed_labels, "fixed")
+    _check_labels(moving, moving_labels, "moving")
+    if isinstance(refine_steps, bool) or int(refine_steps) != refine_steps or refine_steps < 0:
+        raise MaxcaInputError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
+    dev = resolve_device(device)
+    data = dict(getattr(info, "data", None) or {})
+    grid = model_grid(fixed, data)
+    mode, percentiles = _normalisation(data)
+
+    def prepare(volume: Volume) -> torch.Tensor:
+        array = volume.array
+        if mode is not None:  # statistics of the whole image as read, as in training
+            array = normalize_intensity(array, mode, percentiles)  # type: ignore[arg-type]
+        return resample_to_grid(Volume(array, volume.affine), grid, "image", dev)
+
+    f_grid, m_grid = prepare(fixed), prepare(moving)
+    timings["preprocess"] = time.perf_counter() - t_start
+
+    t = time.perf_counter()
+    model = model.to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(f_grid, m_grid)
+    finally:
+        model.train(was_training)
+    config = getattr(model, "config", None)
+    model_diffeo = bool(getattr(config, "diffeomorphic", False))
+    int_steps = int(getattr(config, "int_steps", 7))
+    velocity = out.velocity if model_diffeo else None
+    flow = out.flow.detach()
+    if diffeomorphic and not model_diffeo:
+        velocity = flow
+        int_steps = 7
+        flow = integrate_velocity(velocity, int_steps)
+    timings["network"] = time.perf_counter() - t
+
+    if refine_steps:
+        t = time.perf_counter()
+        options = dict(refine_options or {})
+        loss_cfg = data.get("loss")
+        if isinstance(loss_cfg, Mapping):
+            options.setdefault("similarity", loss_cfg.get("similarity", "ncc"))
+            if "window" in loss_cfg:
+                options.setdefault("window", loss_cfg["window"])
+            if isinstance(loss_cfg.get("weights"), Mapping):
+                options.setdefault("weights", dict(loss_cfg["weights"]))
+        flow = refine_flow(
+            f_grid,
+            m_grid,
+            flow,
+            int(refine_steps),
+            velocity=velocity,
+            int_steps=int_steps,
+            **options,
+        )
+        timings["refine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with torch.no_grad():
+        fixed_flow = flow_to_fixed_grid(flow.float(), grid, fixed.affine, fixed.shape)
+        warped = warp_volume(moving, fixed_flow, fixed.affine, "image")[0, 0]
+        warped_labels = None
+        if moving_labels is not None:
+            lab = warp_volume(moving_labels, fixed_flow, fixed.affine, "label")[0, 0].cpu().numpy()
+            dtype = moving_labels.array.dtype
+            warped_labels = Volume(lab.astype(dtype, copy=False), fixed.affine, fixed.header)
+    timings["resample"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    return RegistrationResult(
+        fixed=fixed,
+        moving=moving,
+        warped=Volume(warped.cpu().numpy().astype(np.float32), fixed.affine, fixed.header),
+        flow=fixed_flow[0].cpu().numpy().astype(np.float32),
+        grid=grid,
+        grid_flow=flow.detach().cpu(),
+        warped_labels=warped_labels,
+        fixed_labels=fixed_labels,
+        moving_labels=moving_labels,
+        device=str(dev),
+        timings=timings,
+    )
