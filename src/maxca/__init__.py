@@ -1,3 +1,36 @@
-"""maxca: deformable medical image registration with Multi-Axis Cross-covariance Attention."""
+"""maxca: deformable medical image registration with Multi-Axis Cross-covariance Attention.
+
+Short, explicit public API::
+
+    maxca.MAXCA, maxca.make_attention, maxca.ATTENTION_KINDS      # blocks
+    maxca.create_model, maxca.list_models, maxca.count_parameters  # networks
+    maxca.warp, maxca.integrate_velocity, maxca.compose            # geometry
+    maxca.load_checkpoint, maxca.save_checkpoint                   # models on disk
+"""
 
 __version__ = "0.1.0"
+
+from maxca.errors import MaxcaError, MaxcaInputError
+from maxca.layers import ATTENTION_KINDS, MAXCA, make_attention
+from maxca.models import RegistrationOutput, count_parameters, create_model, list_models
+from maxca.spatial import compose, integrate_velocity, resize_flow, warp
+from maxca.training.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "MAXCA",
+    "MaxcaError",
+    "MaxcaInputError",
+    "RegistrationOutput",
+    "__version__",
+    "compose",
+    "count_parameters",
+    "create_model",
+    "integrate_velocity",
+    "list_models",
+    "load_checkpoint",
+    "make_attention",
+    "resize_flow",
+    "save_checkpoint",
+    "warp",
+]

@@ -139,8 +139,17 @@ def test_bad_inputs_raise_clear_errors(fixed_shape, moving_shape, match: str) ->
         model(torch.rand(fixed_shape), torch.rand(moving_shape))
 
 
-def test_integer_inputs_are_refused() -> None:
+def test_integer_and_mismatched_dtype_inputs_are_refused() -> None:
     model = tiny_model("unet", 2)
     img = torch.zeros(1, 1, 8, 8, dtype=torch.int64)
     with pytest.raises(MaxcaInputError, match="floating"):
         model(img, img)
+    img = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(MaxcaInputError, match=r"torch.float32 tensor on cpu.*got torch.float64"):
+        model(img, img)
+
+
+def test_a_model_built_without_the_registry_still_exports_its_config() -> None:
+    model = PyramidNet(PyramidConfig(spatial_dims=2, enc_channels=4, dec_channels=8, heads=2))
+    rebuilt = model_from_config(model.config_dict())
+    assert rebuilt.config == model.config

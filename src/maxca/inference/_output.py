@@ -80,8 +80,9 @@ class OutputDir:
     ``.<name>.tmp-XXXXXXXX`` is created beside it (missing parents are created and removed again
     on failure). On success: if ``out`` does not exist the temporary folder is renamed to it (one
     atomic step); otherwise (``overwrite`` or an empty folder) every file is moved in with
-    ``os.replace``, replacing files of the same name, and the names in ``stale`` that this run
-    did not write are deleted so the folder describes a single run.
+    ``os.replace``, replacing files of the same name, and the files matching the glob patterns
+    in ``stale`` (relative to ``path``, e.g. ``"pairs/*.csv"``) that this run did not write are
+    deleted, so the folder describes a single run; other files are left alone.
     """
 
     def __init__(
@@ -141,9 +142,14 @@ class OutputDir:
             (self.path / folder).mkdir(parents=True, exist_ok=True)
         for rel in sorted(written):
             os.replace(self.tmp / rel, self.path / rel)
-        for folder in {Path(".")} | {w.parent for w in written}:
-            for name in self.stale:
-                old = self.path / folder / name
-                if (folder / name) not in written and old.is_file():
+        emptied = set()
+        for pattern in self.stale:
+            for old in self.path.glob(pattern):
+                if old.is_file() and old.relative_to(self.path) not in written:
                     old.unlink()
+                    emptied.add(old.parent)
+        for folder in sorted(emptied, key=lambda p: -len(p.parts)):
+            if folder != self.path:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when nothing else is left in it
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -405,8 +405,7 @@ def _normalisation(data: Mapping[str, Any]) -> tuple[str | None, tuple[float, fl
         return None, (1.0, 99.0)
     if mode not in NORMALISATIONS:
         raise MaxcaInputError(
-            f"checkpoint data.normalise must be one of {list(NORMALISATIONS)} or null, "
-            f"got {mode!r}"
+            f"checkpoint data.normalise must be one of {list(NORMALISATIONS)} or null, got {mode!r}"
         )
     pct = data.get("percentiles", (1.0, 99.0))
     return str(mode), (float(pct[0]), float(pct[1]))

@@ -33,6 +33,7 @@ __all__ = [
     "get_default_config",
     "model_from_config",
     "count_parameters",
+    "registered_name",
 ]
 
 T = TypeVar("T")
@@ -94,6 +95,14 @@ def _entry(name: object) -> _Entry:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise MaxcaInputError(f"unknown model {name!r}; expected one of {list_models()}")
     return _REGISTRY[name]
+
+
+def registered_name(builder: object) -> str | None:
+    """The first registered name (sorted) whose builder is ``builder``, or ``None``."""
+    for name in list_models():
+        if _REGISTRY[name].builder is builder:
+            return name
+    return None
 
 
 def get_config_class(name: str) -> type:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from maxca.errors import MaxcaInputError
 from maxca.layers.attention import ATTENTION_KINDS
 from maxca.layers.factories import check_spatial_dims
+from maxca.models._registry import registered_name
 from maxca.spatial import integrate_velocity, warp
 
 __all__ = ["ModelConfig", "RegistrationModel", "RegistrationOutput", "PAD_MODES"]
@@ -229,9 +230,9 @@ class RegistrationModel(nn.Module):
 
     Subclasses set :attr:`config_cls` and :attr:`size_multiple` and implement
     :meth:`predict_field`. ``S`` may be any size: the inputs are padded at the end of each axis
-    (``config.pad_mode``) to a multiple of ``size_multiple`` (and to at least two voxels at the
-    coarsest level), the network runs on the padded grid and the field is cropped back by
-    slicing. Padding at the end never moves a voxel, so no coordinate changes.
+    (``config.pad_mode``) to a multiple of ``size_multiple`` (see :meth:`padded_size`), the
+    network runs on the padded grid and the field is cropped back by slicing. Padding at the end
+    never moves a voxel, so no coordinate changes.
     """
 
     config_cls: ClassVar[type[ModelConfig]] = ModelConfig
@@ -268,13 +269,18 @@ class RegistrationModel(nn.Module):
 
     # -- public API ---------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        """``{"name": registry name, **config fields}``: ``model_from_config`` rebuilds it."""
-        if self.model_name is None:
+        """``{"name": registry name, **config fields}``: ``model_from_config`` rebuilds it.
+
+        A model built without ``create_model`` is named after the first registered name of its
+        class (the dict holds every field, so variants of one class rebuild identically).
+        """
+        name = self.model_name or registered_name(type(self))
+        if name is None:
             raise MaxcaInputError(
-                f"this {type(self).__name__} was not built by create_model, so it has no "
-                "registry name; set model.model_name first"
+                f"{type(self).__name__} is not a registered model; register it with "
+                "register_model or set model.model_name"
             )
-        return {"name": self.model_name, **self.config.to_dict()}
+        return {"name": name, **self.config.to_dict()}
 
     def attention_plan(self, size: Sequence[int]) -> dict[int, bool]:
         """For an input of spatial size ``size``: ``{level: runs}`` for every level holding an
@@ -328,10 +334,14 @@ class RegistrationModel(nn.Module):
                 f"fixed and moving must have the same shape, got fixed {tuple(fixed.shape)} "
                 f"and moving {tuple(moving.shape)}"
             )
-        if fixed.device != moving.device:
-            raise MaxcaInputError(
-                f"fixed and moving must be on one device, got {fixed.device} and {moving.device}"
-            )
+        param = next(self.parameters(), None)
+        if param is not None:
+            for name, x in (("fixed", fixed), ("moving", moving)):
+                if x.device != param.device or x.dtype != param.dtype:
+                    raise MaxcaInputError(
+                        f"{name} must be a {param.dtype} tensor on {param.device} like the "
+                        f"model, got {x.dtype} on {x.device}"
+                    )
 
     def _pad(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         """Pad ``x`` (B, C, *S) at the end of each axis to ``size``."""

@@ -41,6 +41,7 @@ for global self-attention there is refused with a ``MaxcaInputError`` naming the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -79,7 +80,7 @@ class PyramidConfig(ModelConfig):
     first_attention_level: int = 0
 
     #: number of resolution levels (level ``l`` has size ``1 / 2**l``)
-    levels = 4
+    levels: ClassVar[int] = 4
 
     def __post_init__(self) -> None:
         self.enc_channels = as_int(self.enc_channels, "enc_channels", 1)
@@ -134,6 +135,7 @@ class _DecoderLevel(nn.Module):
         d, width = config.spatial_dims, config.dec_channels
         self.diffeomorphic = config.diffeomorphic
         self.int_steps = config.int_steps
+        self.use_checkpoint = config.checkpoint
         self.fuse = ConvBlock(d, 2 * feat_channels + 3**d, width)
         self.attn_fuse = attention_or_identity(config, level, width)
         self.coarsest = coarsest
@@ -159,18 +161,33 @@ class _DecoderLevel(nn.Module):
         field_up = None
         if coarser is not None:
             field_up = resize_flow(coarser[1], fixed.shape[2:])  # (B, d, *S), values x2
+        ckpt = self.use_checkpoint
+        if field_up is None:
+            x = maybe_checkpoint(self._fuse, fixed, moving, enabled=ckpt)
+        else:
+            x = maybe_checkpoint(self._fuse, fixed, moving, field_up, enabled=ckpt)
+        x = self.attn_fuse(x)  # (B, D, *S); checkpointed by itself
+        if coarser is not None:
+            x = maybe_checkpoint(self._merge, x, coarser[0], enabled=ckpt)
+            x = self.attn_merge(x)
+        residual = self.head(x)  # (B, d, *S)
+        return x, residual if field_up is None else field_up + residual
+
+    def _fuse(
+        self, fixed: torch.Tensor, moving: torch.Tensor, field_up: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Warp, correlate, concat, conv: ``-> (B, D, *S)``."""
+        if field_up is not None:
             flow_up = (
                 integrate_velocity(field_up, self.int_steps) if self.diffeomorphic else field_up
             )
             moving = warp(moving, flow_up)
         corr = correlation(fixed, moving, max_disp=1)  # (B, 3**d, *S)
-        x = self.fuse(torch.cat([fixed, corr, moving], dim=1))  # (B, D, *S)
-        x = self.attn_fuse(x)
-        if coarser is not None:
-            x = self.merge(torch.cat([x, self.up(coarser[0])], dim=1))
-            x = self.attn_merge(x)
-        residual = self.head(x)  # (B, d, *S)
-        return x, residual if field_up is None else field_up + residual
+        return self.fuse(torch.cat([fixed, corr, moving], dim=1))
+
+    def _merge(self, x: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
+        """Concat with the upsampled coarser features (B, D, *S/2), conv: ``-> (B, D, *S)``."""
+        return self.merge(torch.cat([x, self.up(coarser)], dim=1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,9 +128,11 @@ def resolve_checkpoint(path: str | os.PathLike[str], which: str = "best") -> Pat
         cand = p / "checkpoints" / name
         if (cand / META).exists():
             return cand
-    old = sorted(p.glob("checkpoints/.*.old-*"))
-    if old:  # a save was interrupted between its two renames: the previous copy is intact
-        return old[-1]
+        # a save of `name` was interrupted between its two renames: the previous copy, moved
+        # aside to `.<name>.old-<pid>`, is intact
+        old = [c for c in sorted(p.glob(f"checkpoints/.{name}.old-*")) if (c / META).exists()]
+        if old:
+            return old[-1]
     raise MaxcaInputError(f"no checkpoint in {p} (expected {META} + {WEIGHTS} or checkpoints/)")
 
 

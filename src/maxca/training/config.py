@@ -139,12 +139,8 @@ class DataConfig:
         _choice(self.resize, "data.resize", RESIZE_MODES)
         if self.normalise is not None:
             _choice(self.normalise, "data.normalise", NORMALISATIONS)
-        if self.shape is not None and (
-            len(self.shape) not in (2, 3) or min(self.shape) < 2
-        ):
-            raise MaxcaInputError(
-                f"data.shape must have 2 or 3 sizes >= 2, got {list(self.shape)}"
-            )
+        if self.shape is not None and (len(self.shape) not in (2, 3) or min(self.shape) < 2):
+            raise MaxcaInputError(f"data.shape must have 2 or 3 sizes >= 2, got {list(self.shape)}")
         if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1:
             raise MaxcaInputError(f"data.pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         if self.workers < 0:
@@ -328,16 +324,21 @@ _FALSE = ("false", "no", "off", "0")
 _NONE = ("none", "null", "~", "")
 
 
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _type_name(tp: Any) -> str:
+    """Readable name of a field type for error messages ("an integer or null")."""
     if tp is type(None):
         return "null"
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{origin.__name__}[{args}]"
-    return getattr(tp, "__name__", str(tp))
+    if origin in (list, tuple, Sequence):
+        return "a list"
+    if origin in (dict, Mapping) or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 class _Text(str):
@@ -468,9 +469,7 @@ def config_from_dict(data: Mapping[str, Any] | None) -> ExperimentConfig:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise MaxcaInputError(
-            f"a config must be a mapping of sections, got {type(data).__name__}"
-        )
+        raise MaxcaInputError(f"a config must be a mapping of sections, got {type(data).__name__}")
     return _build(ExperimentConfig, data, "")
 
 

@@ -45,7 +45,9 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise MaxcaInputError(f"environment variable {name} must be an integer, got {value!r}")
+        raise MaxcaInputError(
+            f"environment variable {name} must be an integer, got {value!r}"
+        ) from None
 
 
 @dataclass

@@ -1,0 +1,403 @@
+"""The ``maxca`` command line: parse, call the library, print.
+
+Commands: ``register`` (one pair or a Learn2Reg pair list), ``evaluate``, ``show``, ``train``,
+``demo``; ``maxca --version``. Usage and output files: ``docs/cli.md``.
+
+Exit codes: 0 success; 2 a usage error or bad input (missing/corrupt file, wrong dimensions,
+mismatched grids, NaN voxels, a checkpoint that does not match its config, an output folder that
+already holds results...), reported as one line ``maxca: error: <message>`` on stderr; 1 an
+unexpected failure (``--debug`` prints its traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from maxca import __version__
+from maxca.errors import MaxcaInputError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# ----------------------------------------------------------------------------------------------
+# argument types
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _label_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integer label ids such as 2,3,41, got {text!r}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _print_pair(report: Any, prefix: str = "  ") -> None:
+    metrics = report.metrics
+    print(f"{prefix}max |u| {report.max_displacement:.2f} voxel", end="")
+    if metrics:
+        print(
+            f"; Dice {_fmt(metrics['dice_before'])} -> {_fmt(metrics['dice_after'])} "
+            f"({len(metrics['labels'])} labels); folded voxels {_fmt(metrics['njd_percent'])} %"
+        )
+    else:
+        print()
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from maxca.inference._output import check_output_dir
+    from maxca.inference.pipeline import load_model, register_dataset, register_files
+
+    single = args.fixed is not None or args.moving is not None
+    if args.dataset is not None and (single or args.moving_labels or args.fixed_labels):
+        raise _UsageError("give either --fixed/--moving (one pair) or --dataset, not both")
+    if args.dataset is None and (args.fixed is None or args.moving is None):
+        raise _UsageError("one pair needs both --fixed and --moving (or use --dataset)")
+    check_output_dir(args.out, args.overwrite)
+    for name in ("fixed", "moving", "moving_labels", "fixed_labels", "dataset"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).exists():
+            raise MaxcaInputError(f"file not found: {value}")
+    model, info = load_model(args.model, args.device)
+    options = {
+        "device": args.device,
+        "diffeomorphic": True if args.diffeomorphic else None,
+        "refine_steps": args.refine,
+        "png": args.png,
+        "overwrite": args.overwrite,
+    }
+    if args.dataset is None:
+        report = register_files(
+            model,
+            info,
+            args.fixed,
+            args.moving,
+            args.out,
+            moving_labels=args.moving_labels,
+            fixed_labels=args.fixed_labels,
+            **options,
+        )
+        shape = "x".join(map(str, report.grid_shape))
+        spacing = "x".join(f"{s:g}" for s in report.grid_spacing)
+        print(f"registered {args.moving} -> {args.fixed}")
+        print(f"  model grid {shape} at {spacing} mm on {report.device}")
+        _print_pair(report)
+        print(f"  wrote {report.out_dir}: {', '.join(report.files)}")
+        print(f"  runtime {report.runtime_s:.2f} s (network {report.timings['network']:.2f} s)")
+        return EXIT_OK
+
+    def progress(index: int, total: int, report: Any) -> None:
+        print(f"[{index + 1}/{total}] {report.name} ({report.runtime_s:.2f} s)", end="")
+        _print_pair(report, prefix=": ")
+
+    import time
+
+    t0 = time.perf_counter()
+    reports = register_dataset(
+        model, info, args.dataset, args.out, pairs=args.pairs, on_pair=progress, **options
+    )
+    scored = [r.metrics["dice_after"] for r in reports if r.metrics]
+    if scored and all(v is not None for v in scored):
+        print(f"mean Dice after over {len(scored)} pairs: {sum(scored) / len(scored):.3f}")
+    print(f"wrote {Path(args.out).resolve()}: {len(reports)} pairs, disp_FFFF_MMMM.nii.gz files")
+    print(f"runtime {time.perf_counter() - t0:.2f} s")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from maxca.inference._output import check_output_dir
+    from maxca.inference.evaluate import evaluate_dataset, evaluate_files, write_evaluation
+    from maxca.metrics import summarize
+
+    single = any(v is not None for v in (args.fixed_labels, args.moving_labels, args.flow))
+    if args.results is not None or args.dataset is not None:
+        if single:
+            raise _UsageError("give either --fixed-labels/--moving-labels/--flow or --results/"
+                              "--dataset, not both")  # fmt: skip
+        if args.results is None or args.dataset is None:
+            raise _UsageError("--results and --dataset go together")
+    elif None in (args.fixed_labels, args.moving_labels, args.flow):
+        raise _UsageError("one pair needs --fixed-labels, --moving-labels and --flow")
+    if (args.landmarks_fixed is None) != (args.landmarks_moving is None):
+        raise _UsageError("--landmarks-fixed and --landmarks-moving go together")
+    if args.landmarks_fixed is not None and args.results is not None:
+        raise _UsageError("landmarks are only supported for one pair (--flow)")
+    if args.out is not None:
+        check_output_dir(args.out, args.overwrite)
+    labels = None if args.labels is None else [v for group in args.labels for v in group]
+
+    if args.results is None:
+        landmarks = None
+        if args.landmarks_fixed is not None:
+            landmarks = (args.landmarks_fixed, args.landmarks_moving)
+        results = [
+            evaluate_files(
+                args.fixed_labels,
+                args.moving_labels,
+                args.flow,
+                labels=labels,
+                landmarks=landmarks,
+                l2r_compat=args.l2r_compat,
+            )
+        ]
+    else:
+
+        def progress(index: int, total: int, result: Any) -> None:
+            print(f"[{index + 1}/{total}] {result.name}: Dice {result.dice_mean:.4f}")
+
+        results = evaluate_dataset(
+            args.results,
+            args.dataset,
+            pairs=args.pairs,
+            labels=labels,
+            l2r_compat=args.l2r_compat,
+            on_pair=progress,
+        )
+    summary = summarize(results)
+    unit = summary["hd95_unit"]
+    m = summary["metrics"]
+    print(f"{summary['n_pairs']} pair(s), {len(results[0].labels)} labels")
+    print(f"  Dice     {m['dice_mean']['mean']:.4f} +- {m['dice_mean']['std']:.4f}")
+    print(f"  HD95     {m['hd95_mean']['mean']:.4f} {unit}")
+    print(f"  folded   {m['njd_percent']['mean']:.4f} % of voxels (det J <= 0)")
+    print(f"  SDlogJ   {m['sdlogj']['mean']:.4f}")
+    if m["tre_mean"]["n"]:
+        print(f"  TRE      {m['tre_mean']['mean']:.4f} mm")
+    if args.out is not None:
+        out = write_evaluation(results, args.out, overwrite=args.overwrite)
+        print(f"wrote {out}: pairs/*.csv, summary.json, summary.md")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from maxca.inference.pipeline import show_results
+
+    path = show_results(args.results, args.out)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from maxca.training.trainer import main_train
+
+    run_dir = main_train(args.config, list(args.overrides))
+    print(f"run directory: {run_dir}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from maxca.demo import run_demo
+
+    options = {
+        key: getattr(args, key)
+        for key in ("out", "subjects", "steps", "minutes", "device", "seed")
+        if getattr(args, key) is not None
+    }
+    result = run_demo(**options)
+    if result is not None:
+        print(f"demo output: {result}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+
+
+class _UsageError(Exception):
+    """A combination of options argparse cannot express; reported as a usage error (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``maxca`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="maxca",
+        description="Deformable medical image registration with MAXCA (see docs/cli.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"maxca {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of unexpected errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    reg = sub.add_parser(
+        "register",
+        help="register a pair (or a Learn2Reg pair list) with a trained model",
+        description="Register moving to fixed; writes warped image/labels, voxel flow, ITK field.",
+    )
+    reg.add_argument("--model", required=True, help="run directory, checkpoint dir or .safetensors")
+    reg.add_argument("--fixed", help="fixed image (NIfTI, .mha, .nrrd)")
+    reg.add_argument("--moving", help="moving image")
+    reg.add_argument("--moving-labels", help="moving label map (grid of the moving image)")
+    reg.add_argument("--fixed-labels", help="fixed label map: adds metrics.json (Dice, NJD)")
+    reg.add_argument("--dataset", help="Learn2Reg dataset.json: register a whole pair list")
+    reg.add_argument(
+        "--pairs",
+        default="registration_val",
+        choices=("registration_val", "registration_test"),
+        help="pair list of --dataset (default registration_val)",
+    )
+    reg.add_argument("--out", required=True, help="results directory (must be new or empty)")
+    reg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    reg.add_argument(
+        "--diffeomorphic",
+        action="store_true",
+        help="integrate a non-diffeomorphic model's output as a velocity field",
+    )
+    reg.add_argument(
+        "--refine",
+        type=_non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="instance optimisation steps on the model grid (default 0)",
+    )
+    reg.add_argument("--png", action="store_true", help="also write figure.png")
+    reg.add_argument("--overwrite", action="store_true", help="replace results in --out")
+    reg.set_defaults(func=_cmd_register)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a flow, or a folder of Learn2Reg disp_FFFF_MMMM files",
+        description="Dice, HD95, folding, SDlogJ (and TRE) of registrations given as flows.",
+    )
+    ev.add_argument("--fixed-labels", help="fixed label map")
+    ev.add_argument("--moving-labels", help="moving label map")
+    ev.add_argument("--flow", help="flow_voxel.nii.gz or a Learn2Reg disp_*.nii.gz file")
+    ev.add_argument("--results", help="folder of disp_FFFF_MMMM.nii.gz files")
+    ev.add_argument("--dataset", help="Learn2Reg dataset.json (with --results)")
+    ev.add_argument(
+        "--pairs", default="registration_val", choices=("registration_val", "registration_test")
+    )
+    ev.add_argument(
+        "--labels",
+        type=_label_list,
+        nargs="+",
+        help="label ids, e.g. 2,3,41 (default: dataset evaluation_labels, else all non-zero)",
+    )
+    ev.add_argument("--landmarks-fixed", help="CSV of fixed landmarks (voxel coordinates)")
+    ev.add_argument("--landmarks-moving", help="CSV of moving landmarks (voxel coordinates)")
+    ev.add_argument("--l2r-compat", action="store_true", help="Learn2Reg script definitions")
+    ev.add_argument("--out", help="write pairs/*.csv, summary.json and summary.md here")
+    ev.add_argument("--overwrite", action="store_true", help="replace results in --out")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    show = sub.add_parser(
+        "show",
+        help="draw the overview figure of a register results folder",
+        description="Draw figure.png for a folder written by 'maxca register'.",
+    )
+    show.add_argument("results", help="results folder of one pair")
+    show.add_argument("--out", help="PNG file (default RESULTS/figure.png)")
+    show.set_defaults(func=_cmd_show)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description="Train from CONFIG; key=value pairs override config entries.",
+    )
+    train.add_argument("config", help="YAML experiment config")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.set_defaults(func=_cmd_train)
+
+    demo = sub.add_parser(
+        "demo",
+        help="train and evaluate a small model on the bundled data",
+        description="A short end-to-end demo (training, registration, figures).",
+    )
+    demo.add_argument("--out", help="output directory")
+    demo.add_argument("--subjects", type=_positive_int, help="number of training subjects")
+    demo.add_argument("--steps", type=_positive_int, help="training steps")
+    demo.add_argument("--minutes", type=_positive_float, help="time budget in minutes")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    demo.add_argument("--seed", type=int, help="random seed")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (_UsageError, MaxcaInputError, OSError) as exc:
+        print(f"maxca: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("maxca: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"maxca: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``maxca`` command line.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success. Any other outcome raises ``SystemExit`` with the exit code (2 for usage
+        errors and bad input, 1 for unexpected failures, 130 when interrupted), as argparse does.
+    """
+    code = _run(argv, build_parser())
+    if code != EXIT_OK:
+        raise SystemExit(code)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Displacement fields for other tools: ITK/ANTs (LPS mm), Learn2Reg (voxels), maxca's own.
+
+Formats (``docs/conventions.md``); ``flow`` is always a ``(d, *S)`` voxel displacement of the
+fixed grid with affine ``A`` (channel ``k`` along array axis ``k``):
+
+* **ITK/ANTs** (:func:`write_itk_displacement`): a vector image on the fixed grid whose vectors
+  are the physical displacement in **LPS** mm, ``diag(-1, -1, 1) @ A[:3, :d] @ u``, with the
+  fixed grid's origin/spacing/direction converted from RAS to LPS. Written through SimpleITK
+  (its arrays are ``(z, y, x, component)``, the reverse of our axis order), float64 by default so
+  that ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` accepts it directly; then
+  ``sitk.Resample(moving, fixed, transform, sitk.sitkLinear)`` and ``antsApplyTransforms -t
+  disp_itk.nii.gz`` reproduce our warped image.
+* **Learn2Reg** (:func:`write_l2r_displacement`): ``disp_FFFF_MMMM.nii.gz`` holding the voxel
+  displacement with shape ``(*S, d)`` (channels last, 4-D NIfTI for 3-D images) and the fixed
+  affine, as the challenge's evaluation script reads it.
+* **maxca** (:func:`write_voxel_flow`): ``flow_voxel.nii.gz``, the voxel displacement as a NIfTI
+  vector image ``(X, Y, Z, 1, d)`` (intent ``VECTOR``) with the fixed header, marked in its
+  ``descrip`` field so it is not mistaken for an ITK field.
+
+All writes are atomic (temporary file beside the target, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
+
+from maxca.data.io import NIFTI_EXTENSIONS, Volume, split_extension, write_vector_field
+from maxca.errors import MaxcaInputError
+from maxca.inference._output import atomic_file
+
+__all__ = [
+    "VOXEL_FLOW_DESCRIP",
+    "itk_displacement_image",
+    "l2r_case_id",
+    "l2r_disp_name",
+    "read_voxel_flow",
+    "write_itk_displacement",
+    "write_l2r_displacement",
+    "write_voxel_flow",
+]
+
+#: ``descrip`` header text that marks maxca's voxel-displacement files.
+VOXEL_FLOW_DESCRIP = "maxca voxel displacement"
+
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _check_flow(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    u = flow.detach().cpu().numpy() if hasattr(flow, "detach") else np.asarray(flow)
+    if u.ndim not in (3, 4) or u.shape[0] != u.ndim - 1:
+        raise MaxcaInputError(
+            f"flow must have shape (d, *S) with d = 2 or 3 spatial axes, got {u.shape}"
+        )
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4):
+        raise MaxcaInputError(f"affine must be 4x4, got shape {a.shape}")
+    return u.astype(np.float64, copy=False), a
+
+
+def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float64) -> sitk.Image:
+    """The ITK displacement field (LPS mm) of a voxel flow on a grid with RAS affine ``affine``.
+
+    Args:
+        flow: ``(d, *S)`` voxel displacement (numpy or torch).
+        affine: ``(4, 4)`` RAS affine of the grid ``S``.
+        dtype: ``np.float64`` (what ``sitk.DisplacementFieldTransform`` requires) or
+            ``np.float32``.
+
+    Returns:
+        a ``d``-D SimpleITK vector image of ``d`` components: pixel ``p`` holds the LPS
+        displacement in mm; origin, spacing and direction are those of the grid in LPS.
+    """
+    u, a = _check_flow(flow, affine)
+    d = u.shape[0]
+    disp_lps = np.tensordot(_RAS_LPS @ a[:3, :d], u, axes=1)[:d]  # (d, *S), LPS mm
+    lps = _RAS_LPS @ a[:3, :]
+    matrix = lps[:d, :d]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if np.any(spacing <= 0) or abs(np.linalg.det(matrix)) < 1e-12:
+        raise MaxcaInputError(f"affine has a degenerate {d}-D part: {a[:3, :d].tolist()}")
+    direction = matrix / spacing[None, :]
+    # sitk arrays are (z, y, x, component): reverse our spatial axes, components last
+    arr = np.ascontiguousarray(disp_lps.transpose(*range(d, 0, -1), 0).astype(dtype))
+    image = sitk.GetImageFromArray(arr, isVector=True)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in lps[:d, 3]))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return image
+
+
+def write_itk_displacement(
+    path: str | os.PathLike[str], flow: Any, affine: np.ndarray, dtype: Any = np.float64
+) -> Path:
+    """Atomically write the ITK/ANTs displacement field of ``flow`` (see the module docstring).
+
+    Args:
+        path: ``.nii.gz``/``.nii`` (read by ``antsApplyTransforms``), ``.mha`` or ``.nrrd``.
+        flow: ``(d, *S)`` voxel displacement of the fixed grid.
+        affine: ``(4, 4)`` RAS affine of the fixed grid.
+        dtype: on-disk component type, ``np.float64`` (default) or ``np.float32``.
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in (*NIFTI_EXTENSIONS, ".mha", ".nrrd"):
+        raise MaxcaInputError(f"{path}: ITK fields are written as .nii.gz, .nii, .mha or .nrrd")
+    image = itk_displacement_image(flow, affine, dtype)
+    with atomic_file(path, ext) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def write_l2r_displacement(path: str | os.PathLike[str], flow: Any, affine: np.ndarray) -> Path:
+    """Atomically write a Learn2Reg displacement file: voxel displacement, shape ``(*S, d)``.
+
+    Args:
+        path: target, normally ``disp_FFFF_MMMM.nii.gz`` (see :func:`l2r_disp_name`).
+        flow: ``(d, *S)`` voxel displacement of the fixed grid.
+        affine: ``(4, 4)`` RAS affine of the fixed grid (written as sform and qform).
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in NIFTI_EXTENSIONS:
+        raise MaxcaInputError(f"{path}: Learn2Reg displacement files are NIfTI (.nii.gz)")
+    u, a = _check_flow(flow, affine)
+    channels_last = np.ascontiguousarray(np.moveaxis(u, 0, -1).astype(np.float32))
+    image = nib.Nifti1Image(channels_last, a)
+    image.header.set_xyzt_units("mm")
+    image.set_sform(a, code=1)
+    image.set_qform(a, code=1)
+    with atomic_file(path, ext) as tmp:
+        nib.save(image, str(tmp))
+    return path
+
+
+def write_voxel_flow(path: str | os.PathLike[str], flow: Any, fixed: Volume) -> Path:
+    """Atomically write maxca's voxel flow as a NIfTI vector image with the fixed header.
+
+    Args:
+        path: ``.nii.gz`` or ``.nii`` file.
+        flow: ``(d, *S)`` voxel displacement of ``fixed``'s grid.
+        fixed: the fixed volume (affine and NIfTI header reused).
+    """
+    u, _ = _check_flow(flow, fixed.affine)
+    if tuple(u.shape[1:]) != fixed.shape:
+        raise MaxcaInputError(
+            f"flow grid {tuple(u.shape[1:])} differs from the fixed grid {fixed.shape}"
+        )
+    header = fixed.header.copy() if isinstance(fixed.header, nib.Nifti1Header) else None
+    if header is None:
+        header = nib.Nifti1Header()
+        header.set_xyzt_units("mm")
+    header["descrip"] = VOXEL_FLOW_DESCRIP.encode()
+    like = Volume(fixed.array, fixed.affine, header)
+    return write_vector_field(path, np.moveaxis(u, 0, -1).astype(np.float32), fixed.affine, like)
+
+
+def read_voxel_flow(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a voxel displacement: maxca's ``flow_voxel.nii.gz`` or a Learn2Reg ``disp_*`` file.
+
+    Accepted layouts: ``(*S, d)`` (Learn2Reg, channels last, ``d == len(S)``) and the NIfTI vector
+    image ``(X, Y, Z, 1, d)`` that :func:`write_voxel_flow` writes. A vector image without maxca's
+    marker is refused: it is most likely an ITK field in LPS mm, not a voxel displacement.
+
+    Returns:
+        ``(flow (d, *S) float32, affine (4, 4))``.
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in NIFTI_EXTENSIONS:
+        raise MaxcaInputError(f"{path}: displacement files are read from NIfTI, got {ext!r}")
+    if not path.is_file():
+        raise MaxcaInputError(f"file not found: {path}")
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        descrip = bytes(image.header.get("descrip", b"")).split(b"\0")[0].decode(errors="replace")
+    except Exception as exc:  # nibabel/gzip raise many types for corrupt files
+        text = " ".join(str(exc).split())
+        raise MaxcaInputError(
+            f"{path}: cannot read NIfTI file ({type(exc).__name__}: {text})"
+        ) from exc
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if data.ndim == 5:
+        if data.shape[3] != 1 or data.shape[4] not in (2, 3):
+            raise MaxcaInputError(
+                f"{path}: expected a (X, Y, Z, 1, d) vector image, got {data.shape}"
+            )
+        if VOXEL_FLOW_DESCRIP not in descrip:
+            raise MaxcaInputError(
+                f"{path}: a vector image without maxca's voxel-flow marker (an ITK field in LPS "
+                "mm?); pass flow_voxel.nii.gz or a Learn2Reg disp_*.nii.gz file"
+            )
+        d = data.shape[4]
+        data = data[:, :, :, 0, :] if d == 3 else data[:, :, 0, 0, :]
+    d = data.shape[-1]
+    if data.ndim != d + 1 or d not in (2, 3):
+        raise MaxcaInputError(
+            f"{path}: expected a displacement of shape (*S, d) with d = len(S) in (2, 3), "
+            f"got {data.shape}"
+        )
+    if not np.all(np.isfinite(data)):
+        raise MaxcaInputError(f"{path}: displacement has NaN/Inf values")
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0)), affine
+
+
+_L2R_NAME = re.compile(r"^(?:.*_)?(\d{4})_\d{4}$")
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def l2r_case_id(path: str | os.PathLike[str]) -> str:
+    """The 4-digit Learn2Reg case id of an image file name.
+
+    ``BRAIN_0013_0000.nii.gz`` -> ``"0013"`` (``<task>_<case>_<modality>``); a name ending in a
+    number otherwise (``case7.nii.gz``) -> that number zero-padded (``"0007"``).
+
+    Raises:
+        MaxcaInputError: no case number in the name.
+    """
+    stem, _ = split_extension(path)
+    match = _L2R_NAME.match(stem)
+    if match:
+        return match.group(1)
+    match = _TRAILING_NUMBER.search(stem)
+    if match:
+        return f"{int(match.group(1)):04d}"
+    raise MaxcaInputError(
+        f"cannot find a case number in {Path(path).name!r} (expected e.g. TASK_0001_0000.nii.gz)"
+    )
+
+
+def l2r_disp_name(fixed: str | os.PathLike[str], moving: str | os.PathLike[str]) -> str:
+    """``disp_FFFF_MMMM.nii.gz`` for a fixed and a moving image path (Learn2Reg convention)."""
+    return f"disp_{l2r_case_id(fixed)}_{l2r_case_id(moving)}.nii.gz"

@@ -1,0 +1,806 @@
+"""The training loop: ``train(config) -> run_dir`` and the :class:`Trainer` behind it.
+
+A run directory holds::
+
+    RUN/
+      config.yaml          # the resolved experiment config (absolute paths)
+      metrics.csv          # one row per logged step: training losses and validation metrics
+      tb/                  # TensorBoard events (same scalars)
+      checkpoints/last/    # every ``ckpt_every`` steps and at the end (with optimiser state)
+      checkpoints/best/    # best validation Dice (or lowest validation loss without labels)
+
+Training minimises ``RegistrationLoss`` (similarity + diffusion/bending, + soft Dice of the
+moving one-hot labels warped *linearly* when ``loss.weights.dice > 0``) with Adam. Validation
+warps the moving label maps with *nearest-neighbour* interpolation and reports the mean Dice over
+the evaluation labels and the percentage of voxels with a non-positive Jacobian determinant.
+
+A non-finite loss stops training with :class:`NonFiniteLossError`; the checkpoints on disk are
+then those of the last good step. ``resume=true`` continues a run from ``checkpoints/last`` at
+the saved step, with the saved optimiser state, RNG state and position in the pair sequence, so
+an interrupted and resumed run reproduces an uninterrupted one on the same device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
+from maxca.data.dataset import as_dataset
+from maxca.errors import MaxcaInputError
+from maxca.losses import RegistrationLoss, one_hot
+from maxca.metrics.jacobian import njd_percent
+from maxca.metrics.overlap import dice as dice_per_label
+from maxca.models import create_model
+from maxca.spatial import warp
+from maxca.training.checkpoint import (
+    META,
+    load_checkpoint,
+    load_optimizer_state,
+    read_meta,
+    save_checkpoint,
+)
+from maxca.training.config import (
+    BudgetConfig,
+    ExperimentConfig,
+    OptimConfig,
+    load_config,
+    save_config,
+)
+from maxca.training.distributed import (
+    DistContext,
+    ShardSampler,
+    init_distributed,
+    resolve_device,
+    shutdown,
+    wrap_model,
+)
+
+__all__ = ["NonFiniteLossError", "Trainer", "learning_rate", "main_train", "train"]
+
+logger = logging.getLogger("maxca.training")
+
+LOSS_TERMS = ("similarity", "diffusion", "bending", "dice")
+CSV_NAME, TB_NAME, CONFIG_NAME = "metrics.csv", "tb", "config.yaml"
+
+
+class NonFiniteLossError(MaxcaInputError):
+    """The training loss (or a gradient/weight) became NaN or infinite; training stopped."""
+
+
+@dataclass
+class _Progress:
+    """Where the run stands (saved in every checkpoint's ``state``)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
+    elapsed_s: float = 0.0
+    best_metric: float = -math.inf
+    best_step: int = -1
+    saved_step: int = -1  # step of checkpoints/last on disk (-1: none yet)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def learning_rate(optim: OptimConfig, budget: BudgetConfig, step: int, elapsed_s: float) -> float:
+    """Learning rate of optimisation step ``step`` (0-based) after ``elapsed_s`` seconds.
+
+    The schedule runs over the budget: its progress is ``step / budget.steps`` or
+    ``elapsed_s / budget.minutes`` (the larger when both are set), so ``cosine`` and ``poly``
+    reach 0 when the budget is spent. A linear warm-up multiplies the first
+    ``optim.warmup_steps`` steps by ``(step + 1) / warmup_steps``.
+    """
+    fractions = []
+    if budget.steps is not None:
+        fractions.append(step / budget.steps)
+    if budget.minutes is not None:
+        fractions.append(elapsed_s / (60.0 * budget.minutes))
+    t = min(1.0, max(fractions)) if fractions else 0.0
+    if optim.schedule == "cosine":
+        lr = 0.5 * optim.lr * (1.0 + math.cos(math.pi * t))
+    elif optim.schedule == "poly":
+        lr = optim.lr * (1.0 - t) ** optim.poly_power
+    else:
+        lr = optim.lr
+    if optim.warmup_steps > 0 and step < optim.warmup_steps:
+        lr *= (step + 1) / optim.warmup_steps
+    return lr
+
+
+def _set_tf32(enabled: bool) -> None:
+    """Allow (or forbid) TF32 in CUDA matmuls and convolutions (the new per-backend API when
+    this torch has it: mixing it with the legacy ``allow_tf32`` flags is an error)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        value = "tf32" if enabled else "ieee"
+        matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    else:  # torch < 2.9
+        matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _metric(value: Any) -> float:
+    """A saved best metric (``None`` in JSON when there was none yet) as a float."""
+    return -math.inf if value is None else float(value)
+
+
+def _listed(config: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists (a config as it reads back from JSON)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def _find_last(run_dir: Path) -> Path | None:
+    """``checkpoints/last``, or the copy a save interrupted between its two renames left."""
+    last = run_dir / "checkpoints" / "last"
+    if (last / META).is_file():
+        return last
+    old = sorted((run_dir / "checkpoints").glob(".last.old-*"))
+    old = [p for p in old if (p / META).is_file()]
+    return old[-1] if old else None
+
+
+class Trainer:
+    """Builds the model, data, loss and optimiser of an experiment and runs the loop.
+
+    Args:
+        config: the experiment.
+        dist_ctx: data-parallel context (:func:`~maxca.training.distributed.init_distributed`);
+            default: a single process.
+
+    Attributes:
+        run_dir: the run directory (decided by rank 0, shared with every rank).
+        model: the network (DDP-wrapped when distributed; :attr:`module` is the bare one).
+        optimizer: Adam.
+        progress: step, epoch, elapsed time and best metric.
+    """
+
+    def __init__(self, config: ExperimentConfig, dist_ctx: DistContext | None = None) -> None:
+        self.config = config
+        self.dist = dist_ctx or DistContext()
+        self.is_main = self.dist.is_main
+        cfg = config
+        if cfg.data.path is None:
+            raise MaxcaInputError("data.path is not set: give a dataset.json or an image folder")
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        self.device = resolve_device(cfg.device, self.dist)
+        self._setup_precision()
+        self.run_dir = self._decide_run_dir()
+        self.progress = _Progress()
+
+        # ---- data ------------------------------------------------------------------------
+        self.dataset = self._load_dataset()
+        self.use_dice_loss = cfg.loss.weights.dice > 0
+        self.eval_labels = self._evaluation_labels()
+        shape = None if cfg.data.shape is None else tuple(cfg.data.shape)
+        common: dict[str, Any] = dict(
+            target_shape=shape,
+            resize=cfg.data.resize,
+            normalise=cfg.data.normalise,
+            cache=cfg.data.cache,
+            spatial_dims=None if shape is None else len(shape),
+        )
+        self.train_data = PairDataset(
+            self.dataset,
+            mode=cfg.data.pairs,
+            augment=bool(cfg.data.augment),
+            num_pairs_per_epoch=cfg.data.pairs_per_epoch,
+            seed=cfg.seed,
+            atlas=cfg.data.atlas,
+            use_labels=self.use_dice_loss,
+            **common,
+        )
+        self.val_data = self._validation_data(common) if self.is_main else None
+        first_image, first_label = self.train_data.load_subject(0)
+        self.grid_shape = tuple(int(s) for s in first_image.shape)
+        self.spatial_dims = len(self.grid_shape)
+        if self.use_dice_loss and first_label is None:
+            raise MaxcaInputError(
+                "loss.weights.dice > 0 needs label maps, but the training subjects have none"
+            )
+        if cfg.data.workers > 0 and cfg.data.cache:
+            self.train_data.preload()  # decoded once, shared with forked workers
+        self.sampler = ShardSampler(len(self.train_data), self.dist.rank, self.dist.world_size)
+        self.loader = DataLoader(
+            self.train_data,
+            batch_size=cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
+        )
+        self.steps_per_epoch = math.ceil(self.sampler.shard_size / cfg.data.batch_size)
+
+        # ---- model, loss, optimiser ------------------------------------------------------
+        _seed_everything(cfg.seed)  # the same initial weights on every rank
+        model_options = dict(cfg.model.config)
+        given = model_options.setdefault("spatial_dims", self.spatial_dims)
+        if given != self.spatial_dims:
+            raise MaxcaInputError(
+                f"model.config.spatial_dims is {given} but the training images have "
+                f"{self.spatial_dims} axes {self.grid_shape}"
+            )
+        self.module = create_model(cfg.model.name, **model_options)
+        self.loss_fn = RegistrationLoss(
+            self.spatial_dims,
+            similarity=cfg.loss.similarity,
+            weights=dict(vars(cfg.loss.weights)),
+            window=cfg.loss.window,
+            labels=self.eval_labels or None,
+        )
+        self.terms = [t for t in LOSS_TERMS if getattr(cfg.loss.weights, t) > 0]
+        start = _find_last(self.run_dir) if cfg.resume else None
+        if start is not None:
+            self._load_weights(start)
+        self.module.to(self.device)
+        self.model = wrap_model(self.module, self.dist, self.device)
+        self.optimizer = torch.optim.Adam(
+            self.module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype is torch.float16
+        )
+        if start is not None:
+            self._resume_from(start)
+        # different random streams per rank from here on (pairs/augmentation have their own)
+        if start is None:
+            _seed_everything(cfg.seed + 7919 * self.dist.rank + 1)
+        elif self.dist.rank != 0:
+            _seed_everything(cfg.seed + 7919 * self.dist.rank + 1 + self.progress.step)
+
+        self._csv_columns = ["step", "epoch", "elapsed_s", "lr", "loss"]
+        self._csv_columns += [f"loss_{t}" for t in self.terms]
+        self._csv_columns += ["val_loss", "val_dice", "val_njd_percent"]
+        self._tb: Any = None
+        self._bar: Any = None
+
+    # ------------------------------------------------------------------------------------------
+    # setup helpers
+    # ------------------------------------------------------------------------------------------
+    def _setup_precision(self) -> None:
+        cfg = self.config
+        self.amp_dtype: torch.dtype | None = None
+        if self.device.type == "cuda":
+            _set_tf32(bool(cfg.tf32))
+            self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        elif cfg.amp != "none" and self.is_main:
+            logger.warning("amp=%s is ignored on the CPU (float32 training)", cfg.amp)
+
+    def _decide_run_dir(self) -> Path:
+        cfg = self.config
+        run_dir: str | None = None
+        error: str | None = None
+        if self.is_main:
+            if cfg.run_dir is not None:
+                path = Path(cfg.run_dir)
+            else:
+                stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+                path = Path(cfg.out) / f"{cfg.name or 'run'}-{stamp}"
+                k = 1
+                while path.exists():
+                    k += 1
+                    path = Path(cfg.out) / f"{cfg.name or 'run'}-{stamp}-{k}"
+            path = path.resolve()
+            has_ckpt = _find_last(path) is not None or (path / "checkpoints" / "best").exists()
+            if cfg.resume:
+                if cfg.run_dir is None:
+                    error = "resume=true needs run_dir (the run directory to continue)"
+                elif _find_last(path) is None:
+                    error = f"cannot resume: no checkpoints/last in {path}"
+            elif has_ckpt:
+                error = (
+                    f"run directory {path} already holds a run; pass resume=true to continue it "
+                    "or choose another run_dir"
+                )
+            run_dir = str(path)
+        run_dir, error = self.dist.broadcast_object((run_dir, error))
+        if error:
+            raise MaxcaInputError(error)
+        assert run_dir is not None
+        return Path(run_dir)
+
+    def _load_dataset(self) -> Learn2RegDataset:
+        d = self.config.data
+        assert d.path is not None
+        if d.labels is not None:
+            return load_folder(d.path, d.labels)
+        return as_dataset(d.path)
+
+    def _evaluation_labels(self) -> list[int]:
+        ids = self.config.loss.dice_labels or list(self.dataset.evaluation_labels)
+        if self.use_dice_loss and not ids:
+            raise MaxcaInputError(
+                "loss.weights.dice > 0 needs label ids: set loss.dice_labels (the dataset "
+                "defines no evaluation_labels)"
+            )
+        return [int(i) for i in ids]
+
+    def _validation_data(self, common: dict[str, Any]) -> PairDataset | None:
+        d = self.config.data
+        if d.val_pairs is None or self.config.val_every == 0:
+            return None
+        if isinstance(d.val_pairs, str):
+            pairs: list[tuple[Any, Any]] = list(getattr(self.dataset, d.val_pairs))
+            if not pairs:
+                logger.warning("the dataset has no %s pairs: no validation", d.val_pairs)
+                return None
+        else:
+            pairs = [(f, m) for f, m in d.val_pairs]
+        if d.max_val_pairs is not None:
+            pairs = pairs[: d.max_val_pairs]
+        return PairDataset(self.dataset, mode="pairs", pairs=pairs, use_labels=True, **common)
+
+    def _load_weights(self, ckpt: Path) -> None:
+        saved, info = load_checkpoint(ckpt)
+        mine = _listed(self.module.config_dict())
+        theirs = _listed(dict(info.model_config))
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise MaxcaInputError(
+                f"cannot resume: the model config differs from the checkpoint's in {diff}"
+            )
+        self.module.load_state_dict(saved.state_dict(), strict=True)
+
+    def _resume_from(self, ckpt: Path) -> None:
+        meta = read_meta(ckpt)
+        state = dict(meta.get("state", {}))
+        p = self.progress
+        p.step = int(state.get("step", 0))
+        p.epoch = int(state.get("epoch", 0))
+        p.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        p.elapsed_s = float(state.get("elapsed_s", 0.0))
+        p.best_metric = _metric(state.get("best_metric"))
+        p.best_step = int(state.get("best_step", -1))
+        p.saved_step = p.step
+        best = self.run_dir / "checkpoints" / "best"
+        if (best / META).is_file():  # best may be newer than last (a crash after saving best)
+            best_state = read_meta(best).get("state", {})
+            if _metric(best_state.get("best_metric")) > p.best_metric:
+                p.best_metric = _metric(best_state.get("best_metric"))
+                p.best_step = int(best_state.get("best_step", -1))
+        opt = load_optimizer_state(ckpt)
+        if opt is None:
+            raise MaxcaInputError(f"cannot resume: {ckpt} has no optimizer state")
+        self.optimizer.load_state_dict(opt["optimizer"])
+        if opt.get("scaler"):
+            self.scaler.load_state_dict(opt["scaler"])
+        rng = opt.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    # ------------------------------------------------------------------------------------------
+    # small pieces of the loop
+    # ------------------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def _elapsed(self) -> float:
+        return self.progress.elapsed_s + (time.monotonic() - self._session_start)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Training batches from the saved position onwards, epoch after epoch."""
+        p = self.progress
+        while True:
+            self.train_data.set_epoch(p.epoch)
+            self.sampler.set_start(p.batch_in_epoch * self.config.data.batch_size)
+            for batch in self.loader:
+                p.batch_in_epoch += 1
+                yield batch
+            p.epoch += 1
+            p.batch_in_epoch = 0
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dev = self.device
+        fixed = batch["fixed"].to(dev, non_blocking=True)
+        moving = batch["moving"].to(dev, non_blocking=True)
+        with self._autocast():
+            out = self.model(fixed, moving)
+        flow, warped = out.flow.float(), out.warped.float()
+        fixed_oh = warped_oh = None
+        if self.use_dice_loss:
+            if "fixed_label" not in batch or "moving_label" not in batch:
+                raise MaxcaInputError(
+                    f"loss.weights.dice > 0 but a training pair has no label map "
+                    f"({batch['fixed_path'][0]}, {batch['moving_path'][0]})"
+                )
+            fixed_oh = one_hot(batch["fixed_label"].to(dev), self.eval_labels)
+            moving_oh = one_hot(batch["moving_label"].to(dev), self.eval_labels)
+            warped_oh = warp(moving_oh, flow)  # linear: differentiable in the flow
+        return self.loss_fn(fixed, warped, flow, fixed_oh, warped_oh)
+
+    def _nonfinite(self, what: str, detail: str = "") -> NonFiniteLossError:
+        p = self.progress
+        last = self.run_dir / "checkpoints" / "last"
+        if p.saved_step >= 0:
+            kept = f"the last good checkpoint is {last} (step {p.saved_step})"
+        else:
+            kept = "no checkpoint had been saved yet"
+        return NonFiniteLossError(
+            f"training stopped: {what} became non-finite at step {p.step + 1}{detail}; {kept}; "
+            "try a lower optim.lr or set optim.grad_clip"
+        )
+
+    def _weights_finite(self) -> bool:
+        return all(
+            bool(torch.isfinite(t).all())
+            for t in self.module.state_dict().values()
+            if t.is_floating_point()
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # validation
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean ``val_loss``, ``val_dice`` (nearest-neighbour label warping, evaluation labels)
+        and ``val_njd_percent`` over the validation pairs (rank 0; empty without pairs)."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        module = self.module
+        was_training = module.training
+        module.eval()
+        losses, dices, njds = [], [], []
+        try:
+            for i in range(len(self.val_data)):
+                item = self.val_data[i]
+                fixed = item["fixed"][None].to(self.device)
+                moving = item["moving"][None].to(self.device)
+                with self._autocast():
+                    out = module(fixed, moving)
+                flow, warped = out.flow.float(), out.warped.float()
+                has_labels = "fixed_label" in item and "moving_label" in item
+                if has_labels:
+                    fixed_label = item["fixed_label"][None].to(self.device)
+                    moving_label = item["moving_label"][None].to(self.device)
+                if not self.use_dice_loss or has_labels:
+                    fo = wo = None
+                    if self.use_dice_loss:
+                        fo = one_hot(fixed_label, self.eval_labels)
+                        wo = warp(one_hot(moving_label, self.eval_labels), flow)
+                    losses.append(float(self.loss_fn(fixed, warped, flow, fo, wo)[0]))
+                if has_labels:
+                    warped_label = warp(moving_label, flow, mode="nearest")
+                    scores = dice_per_label(
+                        fixed_label[0, 0].cpu().numpy(),
+                        warped_label[0, 0].cpu().numpy(),
+                        labels=self.eval_labels or None,
+                    )
+                    values = [v for v in scores.values() if not math.isnan(v)]
+                    if values:
+                        dices.append(float(np.mean(values)))
+                njds.append(njd_percent(flow[0].cpu().numpy()))
+        finally:
+            module.train(was_training)
+        result: dict[str, float] = {}
+        if losses:
+            result["val_loss"] = float(np.mean(losses))
+        if dices:
+            result["val_dice"] = float(np.mean(dices))
+        if njds:
+            result["val_njd_percent"] = float(np.mean(njds))
+        return result
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints and logs (rank 0)
+    # ------------------------------------------------------------------------------------------
+    def data_record(self) -> dict[str, Any]:
+        """What inference needs to reproduce the model grid and preprocessing (the checkpoint's
+        ``data``): ``shape``/``spacing`` of the model grid, ``spatial_dims``, ``in_channels``,
+        ``normalise`` (also as ``normalize``), ``percentiles``, ``resize``, ``label_ids``,
+        ``dataset`` and the training ``loss`` (similarity, window, weights)."""
+        d = self.config.data
+        first = self.train_data.subjects[0].image
+        volume = read_volume(first, "image", self.spatial_dims)
+        spacing = list(volume.spacing)
+        if d.resize == "resample" and d.shape is not None:
+            spacing = [s * n / m for s, n, m in zip(spacing, volume.shape, self.grid_shape)]
+        return {
+            "shape": list(self.grid_shape),
+            "spacing": spacing,
+            "spatial_dims": self.spatial_dims,
+            "in_channels": 1,
+            "normalise": d.normalise,
+            "normalize": d.normalise,  # both spellings: readers may use either
+            "percentiles": [1.0, 99.0],  # PairDataset's percentile normalisation
+            "resize": d.resize,
+            "label_ids": list(self.eval_labels),
+            "dataset": d.path,
+            "loss": {  # defaults for instance optimisation at inference
+                "similarity": self.config.loss.similarity,
+                "window": self.config.loss.window,
+                "weights": dict(vars(self.config.loss.weights)),
+            },
+        }
+
+    def _state(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "step": p.step,
+            "epoch": p.epoch,
+            "batch_in_epoch": p.batch_in_epoch,
+            "elapsed_s": self._elapsed(),
+            "best_metric": p.best_metric if math.isfinite(p.best_metric) else None,
+            "best_step": p.best_step,
+            "best_metric_name": "val_dice" if self.eval_labels else "-val_loss",
+            "train_config": self.config.to_dict(),
+        }
+
+    def _save(self, which: str, with_optimizer: bool) -> None:
+        """Save ``checkpoints/<which>`` from rank 0 between two barriers."""
+        self.dist.barrier()
+        error: str | None = None
+        try:
+            if self.is_main:
+                if not self._weights_finite():
+                    error = "the weights"
+                else:
+                    opt_state = None
+                    if with_optimizer:
+                        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+                        if self.device.type == "cuda":
+                            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+                        opt_state = {
+                            "optimizer": self.optimizer.state_dict(),
+                            "scaler": self.scaler.state_dict(),
+                            "rng": rng,
+                        }
+                    save_checkpoint(
+                        self.run_dir / "checkpoints" / which,
+                        self.module,
+                        optimizer_state=opt_state,
+                        data=self._data_record,
+                        state=self._state(),
+                    )
+        finally:
+            error = self.dist.broadcast_object(error)
+            self.dist.barrier()
+        if error:
+            raise self._nonfinite(error, " (checkpoint not written)")
+        if which == "last":
+            self.progress.saved_step = self.progress.step
+
+    def _prepare_csv(self, path: Path) -> None:
+        """Create ``metrics.csv``, or on resume keep only the rows up to the resumed step."""
+        rows: list[dict[str, str]] = []
+        if self.config.resume and path.is_file():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.progress.step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, self._csv_columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _log(self, row: dict[str, float]) -> None:
+        with open(self.run_dir / CSV_NAME, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, self._csv_columns, extrasaction="ignore")
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key in ("step", "epoch") or not isinstance(value, float):
+                    continue
+                group = "val" if key.startswith("val_") else "train"
+                name = key[4:] if key.startswith("val_") else key
+                self._tb.add_scalar(f"{group}/{name}", value, step)
+            self._tb.flush()
+
+    def _echo(self, message: str) -> None:
+        if not self.is_main:
+            return
+        if self.config.progress:
+            tqdm.write(message, file=sys.stderr)
+        else:
+            logger.info(message)
+
+    def _open_outputs(self) -> None:
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.run_dir = str(self.run_dir)
+        save_config(self.config, self.run_dir / CONFIG_NAME)
+        self._prepare_csv(self.run_dir / CSV_NAME)
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(
+                    str(self.run_dir / TB_NAME), purge_step=self.progress.step + 1
+                )
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                logger.warning("tensorboard is not installed: no tb/ events")
+        b = self.config.budget
+        self._bar = tqdm(
+            total=b.steps,
+            initial=self.progress.step,
+            disable=not self.config.progress,
+            dynamic_ncols=True,
+            desc="train",
+            unit="step",
+        )
+
+    def _close_outputs(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    # ------------------------------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------------------------------
+    def _done(self, elapsed_s: float) -> bool:
+        b = self.config.budget
+        if b.steps is not None and self.progress.step >= b.steps:
+            return True
+        return b.minutes is not None and elapsed_s >= 60.0 * b.minutes
+
+    def fit(self) -> Path:
+        """Train until the budget is spent; returns the run directory."""
+        cfg = self.config
+        p = self.progress
+        self._session_start = time.monotonic()
+        self._data_record = self.data_record() if self.is_main else {}
+        self._open_outputs()
+        self.dist.barrier()
+        if self.is_main:
+            resumed = f", resumed at step {p.step}" if cfg.resume else ""
+            self._echo(f"run directory: {self.run_dir}{resumed}")
+        self.model.train()
+        params = [q for q in self.module.parameters() if q.requires_grad]
+        sums = torch.zeros(1 + len(self.terms), dtype=torch.float64)
+        count = 0
+        last_val_step = last_ckpt_step = -1
+        shared_elapsed = self._elapsed()
+        batches = self._batches()
+        try:
+            while not self._done(shared_elapsed):
+                lr = learning_rate(cfg.optim, cfg.budget, p.step, shared_elapsed)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = next(batches)
+                total, terms = self._loss(batch)
+                # one all-reduce (and one device sync) per step: loss, terms, a non-finite flag
+                # and rank 0's clock
+                values = torch.stack([total.detach(), *(terms[t].detach() for t in self.terms)])
+                values = values.double()
+                clock = self._elapsed() if self.is_main else 0.0
+                extra = torch.tensor([0.0, clock], dtype=torch.float64, device=values.device)
+                extra[0] = (~torch.isfinite(values).all()).double()
+                packed = self.dist.all_reduce_sum(torch.cat([values, extra])).cpu()
+                shared_elapsed = float(packed[-1])
+                if packed[-2] > 0:
+                    local = values.cpu().tolist()
+                    detail = ", ".join(f"{n}={v:.4g}" for n, v in zip(["loss", *self.terms], local))
+                    raise self._nonfinite("the loss", f" ({detail})")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                if cfg.optim.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                    if not torch.isfinite(norm) and not self.scaler.is_enabled():
+                        raise self._nonfinite("the gradient norm", f" ({float(norm)})")
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                p.step += 1
+                sums += packed[: 1 + len(self.terms)] / self.dist.world_size
+                count += 1
+                if self._bar is not None:
+                    mean_loss = float(packed[0]) / self.dist.world_size
+                    self._bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                    self._bar.update(1)
+
+                finishing = self._done(shared_elapsed)
+                row: dict[str, Any] = {}
+                if count and (p.step % cfg.log_every == 0 or finishing):
+                    mean = (sums / count).tolist()
+                    row.update(loss=mean[0], lr=lr)
+                    row.update({f"loss_{t}": v for t, v in zip(self.terms, mean[1:])})
+                    sums.zero_()
+                    count = 0
+                if cfg.val_every and (p.step % cfg.val_every == 0 or finishing):
+                    row.update(self._validate_and_keep_best())
+                    last_val_step = p.step
+                if p.step % cfg.ckpt_every == 0 or finishing:
+                    self._save("last", with_optimizer=True)
+                    last_ckpt_step = p.step
+                if row and self.is_main:
+                    row.update(step=p.step, epoch=p.epoch, elapsed_s=self._elapsed())
+                    self._log(row)
+            # the budget was spent before any step of this session (a resumed, finished run)
+            if cfg.val_every and last_val_step != p.step and p.step > 0:
+                metrics = self._validate_and_keep_best()
+                if metrics and self.is_main:
+                    self._log({**metrics, "step": p.step, "epoch": p.epoch})
+            if last_ckpt_step != p.step and p.saved_step != p.step:
+                self._save("last", with_optimizer=True)
+        except KeyboardInterrupt:
+            if not self.dist.enabled and p.step > max(last_ckpt_step, p.saved_step, 0):
+                self._echo(f"interrupted at step {p.step}: saving checkpoints/last")
+                self._save("last", with_optimizer=True)
+            raise
+        finally:
+            self._close_outputs()
+        if self.is_main:
+            self._echo(f"done: {p.step} steps; checkpoints in {self.run_dir / 'checkpoints'}")
+        return self.run_dir
+
+    def _validate_and_keep_best(self) -> dict[str, float]:
+        """Validate (rank 0), save ``checkpoints/best`` when the score improves."""
+        self.dist.barrier()
+        metrics = self.validate() if self.is_main else {}
+        if "val_dice" in metrics:
+            score = metrics["val_dice"]
+        elif "val_loss" in metrics:
+            score = -metrics["val_loss"]
+        else:
+            score = math.nan
+        improved = bool(self.dist.broadcast_object(score > self.progress.best_metric))
+        if improved:
+            self.progress.best_metric = score
+            self.progress.best_step = self.progress.step
+            self._save("best", with_optimizer=False)
+        if metrics and self.is_main:
+            text = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            self._echo(f"step {self.progress.step}: {text}{' (best)' if improved else ''}")
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------------
+def train(
+    config: ExperimentConfig,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool | None = None,
+) -> Path:
+    """Train ``config`` (in the process group torchrun set up, if any); returns the run dir.
+
+    Args:
+        config: the experiment.
+        run_dir: overrides ``config.run_dir``.
+        resume: overrides ``config.resume``: continue ``run_dir`` from ``checkpoints/last``.
+    """
+    if run_dir is not None:
+        config.run_dir = os.path.abspath(run_dir)
+    if resume is not None:
+        config.resume = bool(resume)
+    ctx = init_distributed(config.device)
+    try:
+        return Trainer(config, ctx).fit()
+    finally:
+        shutdown(ctx)
+
+
+def main_train(config_path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Path:
+    """``maxca train CONFIG [key=value ...]``: load the YAML (or a run directory's config),
+    apply the overrides and train; returns the run directory."""
+    return train(load_config(config_path, list(overrides)))
