@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,8 +132,6 @@ def _cmd_register(args: argparse.Namespace) -> int:
     def progress(index: int, total: int, report: Any) -> None:
         print(f"[{index + 1}/{total}] {report.name} ({report.runtime_s:.2f} s)", end="")
         _print_pair(report, prefix=": ")
-
-    import time
 
     t0 = time.perf_counter()
     reports = register_dataset(

@@ -26,7 +26,8 @@ def _pair():
 def test_refine_improves_the_match():
     fixed, moving = _pair()
     init = torch.zeros(1, 3, *SHAPE)
-    refined = refine_flow(fixed, moving, init, steps=10)
+    weights = {"similarity": 1.0, "diffusion": 1.0, "dice": 0.5}  # dice: training only, ignored
+    refined = refine_flow(fixed, moving, init, steps=10, weights=weights)
     assert refined.shape == init.shape and not refined.requires_grad
     before = (fixed - moving).abs().mean()
     after = (fixed - warp(moving, refined)).abs().mean()

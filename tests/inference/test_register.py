@@ -230,3 +230,19 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(MaxcaInputError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(tiny_checkpoint):
+    model, info = load_checkpoint(tiny_checkpoint)
+    aff = lia_affine(spacing=(1.0, 1.0, 1.0))
+    shape = tuple(2 * n for n in SHAPE)
+    fixed = blob_volume(aff, shape, centre_of(aff, shape))
+    moving = blob_volume(aff, shape, centre_of(aff, shape) + np.array([1.0, -2.0, 0.5]))
+    lab = Volume(labels_of(moving.array), aff)
+    cpu = register_pair(model, info, fixed, moving, lab, device="cpu")
+    gpu = register_pair(model, info, fixed, moving, lab, device="cuda")
+    assert gpu.device.startswith("cuda")
+    np.testing.assert_allclose(gpu.flow, cpu.flow, atol=1e-3)
+    np.testing.assert_allclose(gpu.warped.array, cpu.warped.array, atol=1e-3)
+    assert gpu.warped_labels.array.dtype == lab.array.dtype

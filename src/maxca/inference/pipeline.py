@@ -6,7 +6,7 @@ One pair (:func:`register_files`) writes into ``DIR``::
     warped_labels.nii.gz   moving label map warped with nearest neighbour (with moving labels)
     flow_voxel.nii.gz      voxel displacement of the fixed grid, NIfTI vector (X, Y, Z, 1, d)
     disp_itk.nii.gz        ITK/ANTs displacement field, LPS mm, on the fixed grid
-    metrics.json           Dice before/after, HD95, folding, SDlogJ (with fixed + moving labels)
+    metrics.json           Dice before/after, folding, SDlogJ (with fixed + moving labels)
     figure.png             overview figure (with png=True)
     registration.json      inputs, model, model grid, device, timings (used by maxca show)
 
@@ -47,7 +47,7 @@ from maxca.inference.export import (
     write_voxel_flow,
 )
 from maxca.inference.register import RegistrationResult, register_pair, resolve_device, warp_volume
-from maxca.metrics import PairResult, dice, evaluate_pair, summarize, write_summary
+from maxca.metrics import PairResult, dice, njd_percent, sdlogj, summarize, write_summary
 
 __all__ = [
     "RESULT_FILES",
@@ -137,46 +137,52 @@ def score_result(
     """Metrics of a registration with fixed and moving label maps (``metrics.json``).
 
     Dice before is between the fixed labels and the moving labels resampled onto the fixed grid
-    by the identity (nearest); Dice after uses the warped labels. HD95 (mm), the percentage of
-    voxels with ``det J <= 0`` and SDlogJ come from :func:`maxca.metrics.evaluate_pair`.
+    by the identity (nearest); Dice after uses the warped labels. The folding percentage
+    (``det J <= 0``) and SDlogJ are those of the flow on the fixed grid. HD95 is left to
+    ``maxca evaluate`` (it costs far more than the registration at 1 mm).
+
+    Args:
+        result: a registration with ``fixed_labels`` and ``warped_labels``.
+        labels: label ids to score (default: every non-zero id of the fixed or moving map).
+        name: pair identifier stored in the returned :class:`~maxca.metrics.PairResult`.
 
     Returns:
         ``(metrics, pair_result)``: a JSON-ready dict (NaN written as ``None``) and the
-        :class:`~maxca.metrics.PairResult` of the registered pair; ``({}, None)`` without both
-        label maps.
+        :class:`~maxca.metrics.PairResult` (HD95 ``NaN``); ``({}, None)`` without both label
+        maps.
     """
     if result.fixed_labels is None or result.warped_labels is None:
         return {}, None
     fixed = result.fixed_labels.array
-    before_map = result.moving_on_fixed_grid("label")
-    after = evaluate_pair(
-        fixed,
-        result.warped_labels.array,
-        result.flow,
-        spacing=result.fixed.spacing,
-        labels=labels,
-        moving_label=before_map,
+    if labels is None:
+        present = set(np.unique(fixed).tolist())
+        if result.moving_labels is not None:
+            present |= set(np.unique(result.moving_labels.array).tolist())
+        labels = sorted(int(v) for v in present if v != 0)
+    labels = [int(v) for v in labels]
+    before = dice(fixed, result.moving_on_fixed_grid("label"), labels)
+    after = dice(fixed, result.warped_labels.array, labels)
+    scores = PairResult(
+        dice=after,
+        hd95={lab: math.nan for lab in labels},
+        njd_percent=njd_percent(result.flow),
+        sdlogj=sdlogj(result.flow),
         name=name,
+        labels=labels,
     )
-    before = dice(fixed, before_map, after.labels)
     mean_before = [v for v in before.values() if not math.isnan(v)]
     metrics = {
-        "labels": [int(v) for v in after.labels],
+        "labels": labels,
         "dice_before": _clean(np.mean(mean_before)) if mean_before else None,
-        "dice_after": _clean(after.dice_mean),
-        "hd95_after_mm": _clean(after.hd95_mean),
-        "njd_percent": _clean(after.njd_percent),
-        "sdlogj": _clean(after.sdlogj),
+        "dice_after": _clean(scores.dice_mean),
+        "njd_percent": _clean(scores.njd_percent),
+        "sdlogj": _clean(scores.sdlogj),
         "per_label": {
-            str(lab): {
-                "dice_before": _clean(before[lab]),
-                "dice_after": _clean(after.dice[lab]),
-                "hd95_after_mm": _clean(after.hd95[lab]),
-            }
-            for lab in after.labels
+            str(lab): {"dice_before": _clean(before[lab]), "dice_after": _clean(after[lab])}
+            for lab in labels
         },
     }
-    return metrics, after
+    return metrics, scores
 
 
 def _inputs_record(paths: dict[str, Path | None]) -> dict[str, str | None]:

@@ -45,7 +45,8 @@ def refine_flow(
             (``int_steps``), so the result stays diffeomorphic.
         lr: Adam learning rate, in voxels.
         weights: loss weights (default ``{"similarity": 1, "diffusion": 1}``); the regulariser
-            acts on the optimised field (flow or velocity).
+            acts on the optimised field (flow or velocity). A ``dice`` weight (a training term
+            that needs label maps) is ignored.
         similarity: ``"ncc"`` or ``"mse"``.
         window: NCC window.
         int_steps: integration steps for ``velocity``.
@@ -64,9 +65,10 @@ def refine_flow(
         )
     if steps == 0:
         return flow.detach()
-    loss_fn = RegistrationLoss(
-        d, similarity=similarity, weights=dict(weights or DEFAULT_WEIGHTS), window=window
-    ).to(fixed.device)
+    terms = {k: float(v) for k, v in (weights or DEFAULT_WEIGHTS).items() if k != "dice"}
+    loss_fn = RegistrationLoss(d, similarity=similarity, weights=terms, window=window).to(
+        fixed.device
+    )
     init = velocity if velocity is not None else flow
     param = torch.nn.Parameter(init.detach().clone().float())
     optimiser = torch.optim.Adam([param], lr=lr)
