@@ -15,7 +15,6 @@ keeps the real extension so the libraries pick the format) which then replaces t
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
+from maxca._atomic import atomic_path
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -359,21 +359,13 @@ def _cast(arr: np.ndarray, dtype: Any, path: Path) -> np.ndarray:
     return arr.astype(target)
 
 
-def _temporary_path(path: Path, ext: str) -> Path:
-    stem = path.name[: len(path.name) - len(ext)]
-    return path.parent / f".{stem}.tmp-{secrets.token_hex(4)}{ext}"
-
-
 def _atomic_write(path: Path, ext: str, writer: Any) -> None:
     """Call ``writer(tmp_path)`` then move the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_path(path, ext)
     try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, MaxcaInputError) or not isinstance(exc, Exception):
+        with atomic_path(path, ext) as tmp:
+            writer(tmp)
+    except Exception as exc:
+        if isinstance(exc, MaxcaInputError):
             raise
         raise MaxcaInputError(f"{path}: cannot write file ({_one_line(exc)})") from exc
 

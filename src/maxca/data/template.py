@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maxca._atomic import atomic_write_text
 from maxca.data.io import Volume, write_volume
 from maxca.data.synth import random_bias_field, random_smooth_deformation
 from maxca.data.transforms import resample_volume
@@ -161,8 +162,4 @@ def make_template_dataset(
         "numRegistration_val": len(pairs),
         "registration_val": pairs,
     }
-    path = out / "dataset.json"
-    tmp = path.with_name(".dataset.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))

@@ -12,10 +12,11 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+from maxca._atomic import atomic_path
 from maxca.errors import MaxcaInputError
 
 __all__ = ["OutputDir", "atomic_file", "check_output_dir"]
@@ -44,27 +45,9 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` and move it onto ``path`` when the body succeeds.
-
-    The temporary name keeps the real extension (``suffix``, default: everything after the first
-    dot of the name, e.g. ``.nii.gz``) so writers that pick the format by extension work. On error
-    the temporary file is removed and nothing is left at ``path``.
-    """
-    target = Path(path)
-    name = target.name
-    ext = suffix if suffix is not None else (name[name.index(".") :] if "." in name else "")
-    stem = name[: len(name) - len(ext)] if ext else name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{stem}.tmp-{secrets.token_hex(4)}{ext}"
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+def atomic_file(path: str | os.PathLike[str], suffix: str | None = None):  # noqa: ANN201
+    """:func:`maxca._atomic.atomic_path` (creates missing parent folders)."""
+    return atomic_path(path, suffix)
 
 
 class OutputDir:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maxca import _atomic
 from maxca.errors import MaxcaInputError
 
 ArrayLike = Any  # numpy array, torch tensor, or nested sequence
@@ -124,31 +124,11 @@ def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension) and move it onto ``path`` on success.
-
-    The temporary file is ``<dir>/.<name>.tmp-XXXXXXXX<ext>``; it is removed if the body raises,
-    so a failed write leaves neither a partial target nor a temporary file.
-    """
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise MaxcaInputError(f"output folder must exist, got {str(target.parent)!r}")
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
+    """:func:`maxca._atomic.atomic_path` for result files: the output folder must exist."""
+    return _atomic.atomic_path(path, suffix=Path(path).suffix, make_parents=False)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + ``os.replace``)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
+    """Write ``text`` (UTF-8) to ``path`` atomically; the output folder must exist."""
+    _atomic.atomic_write_text(path, text, make_parents=False)

@@ -43,7 +43,7 @@ def correlation(fixed: torch.Tensor, moving: torch.Tensor, max_disp: int = 1) ->
     Returns:
         ``(B, (2 * max_disp + 1) ** d, *S)`` in the promoted dtype of the inputs.
     """
-    d = check_image(fixed, "fixed")
+    check_image(fixed, "fixed")
     check_image(moving, "moving")
     if moving.shape != fixed.shape:
         raise MaxcaInputError(

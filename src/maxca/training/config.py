@@ -33,6 +33,7 @@ from typing import Any, Union
 
 import yaml
 
+from maxca._atomic import atomic_write_text
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -628,9 +629,4 @@ def load_config(
 
 def save_config(config: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``config`` as YAML (atomically: a temporary file renamed over ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
