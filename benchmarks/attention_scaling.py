@@ -243,6 +243,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
+    p.add_argument("--ratio-child", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--kinds", default="maxca,window,xca,global_sa")
     p.add_argument("--channels", default="16,32")
     p.add_argument("--sizes", default=",".join(SIZES_3D))
@@ -262,6 +263,15 @@ def main() -> None:
     p.add_argument("--ratio-only", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
+    if args.ratio_child:
+        size, tuned, thr, rep = args.ratio_child
+        if int(tuned):
+            from maxca.runtime import tune_cpu_allocator
+
+            tune_cpu_allocator()
+        res = ratio_and_profile(size, 32, int(thr), int(rep))
+        print(json.dumps({**res, "tuned_allocator": bool(int(tuned))}))
+        return
     if args.child:
         kind, ch, size, bwd, rep, thr, heads, region = args.child
         print(

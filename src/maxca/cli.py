@@ -21,6 +21,7 @@ from typing import Any
 
 from maxca import __version__
 from maxca.errors import MaxcaInputError
+from maxca.runtime import tune_cpu_allocator
 
 __all__ = ["build_parser", "main"]
 
@@ -392,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success. Any other outcome raises ``SystemExit`` with the exit code (2 for usage
         errors and bad input, 1 for unexpected failures, 130 when interrupted), as argparse does.
     """
+    tune_cpu_allocator()  # reuse freed activation memory (see maxca.runtime)
     code = _run(argv, build_parser())
     if code != EXIT_OK:
         raise SystemExit(code)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from maxca.errors import MaxcaInputError
+from maxca.runtime import tune_cpu_allocator
 from maxca.training.trainer import main_train
 
 
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m maxca.training CONFIG [key=value ...]", file=sys.stderr)
         return 0 if args else 2
+    tune_cpu_allocator()
     try:
         run_dir = main_train(args[0], args[1:])
     except MaxcaInputError as exc:

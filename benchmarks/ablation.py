@@ -1,0 +1,552 @@
+"""Does MAXCA improve each architecture? Host network x attention kind ablation (not a test).
+
+Every cell (host, attention, seed) is trained with the library's trainer
+(:func:`maxca.training.train`) with the same loss (local NCC + diffusion), data, budget and
+seed, then its last checkpoint registers every validation pair through
+:func:`maxca.inference.register_pair` and is scored by ``_common.score_flow`` (Dice over the
+labelled structures, HD95 in mm, % of voxels with ``det J <= 0``, SDlogJ; moving labels warped
+with nearest neighbour). The last checkpoint, not the best one: the trainer's ``best`` is chosen
+on these same validation pairs.
+
+Settings:
+
+* ``--setting 2d`` (default): 2-D slices of ``../shared/data/brain-synth`` (1 mm): ``--slices``
+  slices ``--slice-step`` voxels apart around the middle of the axis normal to ``--plane``
+  (axial: 160x224 slices), training subjects 01-12, validation pairs = the slices of the
+  ``registration_val`` pairs at the same positions. Written once as a small 2-D Learn2Reg
+  dataset into ``--cache`` (default ``OUT/data``) that the normal trainer reads.
+* ``--setting 3d``: ``../shared/data/brain-synth-2mm/dataset.json`` (80x96x112) as it is.
+
+Outputs in ``--out`` (default ``benchmarks/results/ablation_<setting>/``): ``ablation.csv`` (one
+row per cell and seed), ``ablation_pairs.csv`` (one row per cell, seed and pair, plus the
+``identity`` rows of affine-only alignment), ``ablation.md`` (mean ± std over seeds),
+``ablation.png`` (Dice box plot per method; Dice vs inference time) and ``runs/<cell>/`` (the
+run directories). Resumable: a cell whose row is in ``ablation.csv`` is skipped, an
+interrupted training run continues from its ``checkpoints/last``.
+
+Usage::
+
+    python benchmarks/ablation.py --setting 2d --small --steps 1000 --seeds 0,1,2
+    python benchmarks/ablation.py --setting 3d --small --minutes 30 --hosts pyramid,unet \
+        --attentions maxca,none --device cuda
+    python benchmarks/ablation.py --setting 2d --small --steps 20 --seeds 0     # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    ATTENTIONS,
+    BRAIN_1MM,
+    BRAIN_2MM,
+    HOSTS,
+    RESULTS,
+    PLANES,
+    build_slice_dataset,
+    evaluate_model,
+    evaluation_labels,
+    host_options,
+    identity_flow,
+    load_pairs,
+    markdown_table,
+    nan_mean_std,
+    pair_row,
+    parse_ints,
+    parse_names,
+    pm,
+    read_csv,
+    resolve_device,
+    run_logged,
+    score_flow,
+    set_threads,
+    summary_over_pairs,
+    text_table,
+    validation_pairs,
+    write_csv,
+)
+
+COLUMNS = [
+    "setting",
+    "host",
+    "attention",
+    "seed",
+    "model",
+    "widths",
+    "params",
+    "steps",
+    "budget_steps",
+    "budget_minutes",
+    "train_s",
+    "n_pairs",
+    "dice_mean",
+    "dice_std",
+    "hd95_mean",
+    "hd95_std",
+    "njd_percent_mean",
+    "sdlogj_mean",
+    "seconds_mean",
+    "network_s_mean",
+    "device",
+    "threads",
+    "run_dir",
+]
+PAIR_COLUMNS = [
+    "setting",
+    "host",
+    "attention",
+    "seed",
+    "pair",
+    "dice",
+    "hd95",
+    "njd_percent",
+    "sdlogj",
+    "seconds",
+    "network_s",
+]
+NUMERIC = [
+    "params",
+    "steps",
+    "train_s",
+    "n_pairs",
+    "dice_mean",
+    "dice_std",
+    "hd95_mean",
+    "hd95_std",
+    "njd_percent_mean",
+    "sdlogj_mean",
+    "seconds_mean",
+    "network_s_mean",
+]
+PAIR_NUMERIC = ["dice", "hd95", "njd_percent", "sdlogj", "seconds", "network_s"]
+IDENTITY = ("-", "identity")  # (host, attention) of the affine-only rows
+
+
+# ---------------------------------------------------------------------------------------------
+# one cell
+# ---------------------------------------------------------------------------------------------
+def cell_name(host: str, attention: str, seed: int) -> str:
+    """The run directory name of a cell."""
+    return f"{host}-{attention}-s{seed}"
+
+
+def experiment_config(
+    args: argparse.Namespace, dataset: Path, host: str, attention: str, seed: int, run_dir: Path
+) -> Any:
+    """The :class:`maxca.training.ExperimentConfig` of one cell: only ``model`` and ``seed``
+    differ between cells."""
+    from maxca.training import config_from_dict
+
+    steps = args.steps
+    warmup = 50 if steps is None else min(50, steps // 10)
+    options = {"attention": attention, **host_options(host, args.small)}
+    return config_from_dict(
+        {
+            "model": {"name": host, "config": options},
+            "data": {
+                "path": str(dataset),
+                "pairs": "random",
+                "normalise": "minmax",
+                "augment": False,
+                "cache": True,
+                "workers": 0,
+                "batch_size": 1,
+                "val_pairs": "registration_val",
+            },
+            "loss": {
+                "similarity": "ncc",
+                "window": args.window,
+                "weights": {"similarity": 1.0, "diffusion": args.diffusion},
+            },
+            "optim": {
+                "lr": args.lr,
+                "grad_clip": 10.0,
+                "schedule": "cosine",
+                "warmup_steps": warmup,
+            },
+            "budget": {"steps": steps, "minutes": args.minutes},
+            "val_every": args.val_every,
+            "log_every": max(1, min(20, steps or 20)),
+            "ckpt_every": args.ckpt_every,
+            "device": args.device,
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "resume": (run_dir / "checkpoints" / "last" / "model.json").is_file(),
+            "num_threads": args.threads,
+            "progress": args.progress,
+            "tensorboard": False,
+        }
+    )
+
+
+def run_cell(
+    args: argparse.Namespace,
+    dataset: Path,
+    pairs: list[Any],
+    labels: list[int] | None,
+    host: str,
+    attention: str,
+    seed: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train (or resume) one cell, evaluate its last checkpoint; returns its CSV rows."""
+    from maxca.models import count_parameters
+    from maxca.training import load_checkpoint, train
+
+    run_dir = args.out / "runs" / cell_name(host, attention, seed)
+    cfg = experiment_config(args, dataset, host, attention, seed, run_dir)
+    train(cfg)
+    device = resolve_device(args.device)
+    model, info = load_checkpoint(run_dir, which="last", map_location=device)
+    model.eval()
+    rows = evaluate_model(model, info, pairs, labels, device=device)
+    stats = summary_over_pairs(rows)
+    row = {
+        "setting": args.setting,
+        "host": host,
+        "attention": attention,
+        "seed": seed,
+        "model": host,
+        "widths": "small" if args.small else "full",
+        "params": count_parameters(model),
+        "steps": int(info.state.get("step", 0)),
+        "budget_steps": "" if args.steps is None else args.steps,
+        "budget_minutes": "" if args.minutes is None else args.minutes,
+        "train_s": float(info.state.get("elapsed_s", math.nan)),
+        "n_pairs": len(rows),
+        "dice_mean": stats["dice_mean"],
+        "dice_std": stats["dice_std"],
+        "hd95_mean": stats["hd95_mean"],
+        "hd95_std": stats["hd95_std"],
+        "njd_percent_mean": stats["njd_percent_mean"],
+        "sdlogj_mean": stats["sdlogj_mean"],
+        "seconds_mean": stats["seconds_mean"],
+        "network_s_mean": nan_mean_std(r["network_s"] for r in rows)[0],
+        "device": device,
+        "threads": "" if args.threads is None else args.threads,
+        "run_dir": str(run_dir),
+    }
+    pair_rows = [
+        {"setting": args.setting, "host": host, "attention": attention, "seed": seed, **r}
+        for r in rows
+    ]
+    return row, pair_rows
+
+
+def identity_rows(setting: str, pairs: list[Any], labels: list[int] | None) -> list[dict]:
+    """Per-pair rows of the affine-only alignment (zero flow), scored like every cell."""
+    host, attention = IDENTITY
+    return [
+        {
+            "setting": setting,
+            "host": host,
+            "attention": attention,
+            "seed": "",
+            **pair_row(score_flow(p, identity_flow(p), labels), 0.0),
+        }
+        for p in pairs
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# tables and figure
+# ---------------------------------------------------------------------------------------------
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(row["host"]), str(row["attention"]), str(row["seed"]))
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (host, attention): mean and std over seeds (``ddof = 1``) of the per-seed
+    means, in the order the rows come; ``delta_dice`` = Dice minus the same host's ``none``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r["host"]), str(r["attention"])), []).append(r)
+    out = []
+    for (host, attention), rs in groups.items():
+        entry: dict[str, Any] = {"host": host, "attention": attention, "seeds": len(rs)}
+        for key in ("dice_mean", "hd95_mean", "njd_percent_mean", "sdlogj_mean", "seconds_mean"):
+            entry[key], entry[key.replace("_mean", "_sd")] = nan_mean_std(
+                (float(r[key]) for r in rs), ddof=1
+            )
+        entry["params"] = float(rs[0]["params"])
+        entry["steps"] = nan_mean_std(float(r["steps"]) for r in rs)[0]
+        out.append(entry)
+    base = {e["host"]: e["dice_mean"] for e in out if e["attention"] == "none"}
+    for e in out:
+        b = base.get(e["host"])
+        e["delta_dice"] = e["dice_mean"] - b if b is not None else math.nan
+    return out
+
+
+TABLE_HEADERS = [
+    "host",
+    "attention",
+    "seeds",
+    "Dice",
+    "ΔDice vs none",
+    "HD95 (mm)",
+    "det J ≤ 0 (%)",
+    "SDlogJ",
+    "params",
+    "steps",
+    "s / pair",
+]
+
+
+def table_rows(agg: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The rows of the summary table (Dice, HD95: mean ± std over seeds)."""
+    return [
+        [
+            e["host"],
+            e["attention"],
+            e["seeds"],
+            pm(e["dice_mean"], e["dice_sd"]),
+            "-" if math.isnan(e["delta_dice"]) else f"{e['delta_dice']:+.3f}",
+            pm(e["hd95_mean"], e["hd95_sd"], 2),
+            f"{e['njd_percent_mean']:.3f}",
+            f"{e['sdlogj_mean']:.3f}",
+            f"{int(e['params']):,}",
+            int(e["steps"]) if not math.isnan(e["steps"]) else "-",
+            f"{e['seconds_mean']:.3f}",
+        ]
+        for e in agg
+    ]
+
+
+def write_markdown(
+    path: Path,
+    args: argparse.Namespace,
+    dataset: Path,
+    agg: list[dict[str, Any]],
+    ident: list[dict[str, Any]],
+    missing: list[str],
+) -> None:
+    """``ablation.md``: what was run, the affine-only reference and the summary table."""
+    from _common import atomic_write_text
+
+    dice, dice_sd = nan_mean_std(r["dice"] for r in ident)
+    hd, hd_sd = nan_mean_std(r["hd95"] for r in ident)
+    budget = []
+    if args.steps is not None:
+        budget.append(f"{args.steps} steps")
+    if args.minutes is not None:
+        budget.append(f"{args.minutes:g} min")
+    lines = [
+        f"# MAXCA ablation, {args.setting.upper()} setting",
+        "",
+        f"Data: `{dataset}`, {len(ident)} validation pairs. Training: local NCC (window "
+        f"{args.window}) + diffusion (weight {args.diffusion:g}), Adam lr {args.lr:g} cosine, "
+        f"budget {' or '.join(budget)} per cell, {'small' if args.small else 'full'} widths, "
+        f"device {resolve_device(args.device)}, threads {args.threads or 'default'}; "
+        f"{datetime.now():%Y-%m-%d %H:%M}.",
+        "",
+        "Dice: mean over the labelled structures per pair, then over pairs; ± = std over seeds "
+        "(n = seeds). ΔDice: difference with the same host without attention. Time: "
+        "`register_pair` wall time per pair (both images resampled onto the model grid, the "
+        "network, the flow and warped image/labels brought back onto the fixed grid). "
+        "Evaluated checkpoint: `last`.",
+        "",
+        f"Affine only (identity flow): Dice {pm(dice, dice_sd)} (± over pairs), "
+        f"HD95 {pm(hd, hd_sd, 2)} mm.",
+        "",
+        markdown_table(TABLE_HEADERS, table_rows(agg)),
+    ]
+    if missing:
+        lines += ["", f"Cells not done (failed): {', '.join(missing)}."]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot(path: Path, agg: list[dict[str, Any]], pair_rows: list[dict[str, Any]], title: str) -> None:
+    """Dice box plot per method (pairs pooled over seeds) and Dice vs time per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [(e["host"], e["attention"]) for e in agg]
+    data = [
+        [float(r["dice"]) for r in pair_rows if (r["host"], r["attention"]) == m] for m in methods
+    ]
+    ident = [float(r["dice"]) for r in pair_rows if (r["host"], r["attention"]) == IDENTITY]
+    fig, (ax0, ax1) = plt.subplots(
+        1, 2, figsize=(max(10, 0.7 * len(methods) + 6), 4.6), gridspec_kw={"width_ratios": [3, 2]}
+    )
+    if methods:
+        ax0.boxplot(data, showmeans=True)
+        ax0.set_xticks(range(1, len(methods) + 1), [f"{h}\n{a}" for h, a in methods], fontsize=7)
+    if ident:
+        ax0.axhline(sum(ident) / len(ident), ls="--", c="grey", lw=1, label="affine only")
+        ax0.legend(fontsize=8)
+    ax0.set_ylabel("Dice per pair (mean over structures)")
+    ax0.set_title(title)
+    markers = {"pyramid": "o", "unet": "s", "hybrid": "^"}
+    colours = {"maxca": "C3", "window": "C0", "xca": "C2", "none": "C7", "global_sa": "C1"}
+    for e in agg:
+        ax1.errorbar(
+            e["seconds_mean"],
+            e["dice_mean"],
+            yerr=0 if math.isnan(e["dice_sd"]) else e["dice_sd"],
+            marker=markers.get(e["host"], "D"),
+            color=colours.get(e["attention"], "k"),
+            ls="none",
+            capsize=3,
+            label=f"{e['host']} / {e['attention']}",
+        )
+    ax1.set_xlabel("registration time per pair (s)")
+    ax1.set_ylabel("Dice (mean over pairs)")
+    ax1.set_title("accuracy vs inference time")
+    if agg:
+        ax1.legend(fontsize=6, ncol=2)
+    ax1.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--setting", choices=("2d", "3d"), default="2d")
+    p.add_argument("--hosts", default=",".join(HOSTS), help="comma-separated: pyramid,unet,hybrid")
+    p.add_argument(
+        "--attentions", default=",".join(ATTENTIONS), help="comma-separated: maxca,window,xca,none"
+    )
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--steps", type=int, default=None, help="training steps per cell (default 1000)")
+    p.add_argument("--minutes", type=float, default=None, help="training minutes per cell")
+    p.add_argument("--small", action="store_true", help="small widths per host (CPU tables)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--diffusion", type=float, default=1.0, help="diffusion weight (NCC weight 1)")
+    p.add_argument("--window", type=int, default=9, help="local NCC window")
+    p.add_argument("--val-every", type=int, default=0, help="trainer validation interval (0=off)")
+    p.add_argument("--ckpt-every", type=int, default=200, help="checkpoint interval (resume)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--data", type=Path, default=None, help="dataset.json (3d) / 3-D source (2d)")
+    p.add_argument("--plane", choices=tuple(PLANES), default="axial", help="2d: slice plane")
+    p.add_argument("--slices", type=int, default=5, help="2d: slices per subject")
+    p.add_argument("--slice-step", type=int, default=3, help="2d: voxels between slices")
+    p.add_argument("--cache", type=Path, default=None, help="2d: slice dataset (OUT/data)")
+    p.add_argument("--out", type=Path, default=None, help="default results/ablation_<setting>")
+    p.add_argument("--progress", action="store_true", help="show the trainer's progress bar")
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def prepare_dataset(args: argparse.Namespace) -> Path:
+    """The dataset.json the cells train on (building the 2-D slice dataset if needed)."""
+    if args.setting == "3d":
+        dataset = args.data or BRAIN_2MM
+        if not Path(dataset).exists():
+            raise FileNotFoundError(f"dataset not found: {dataset}")
+        return Path(dataset).resolve()
+    source = args.data or BRAIN_1MM
+    if not Path(source).exists():
+        raise FileNotFoundError(f"3-D source dataset not found: {source}")
+    cache = args.cache or args.out / "data"
+    return build_slice_dataset(source, cache, args.plane, args.slices, args.slice_step)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ablation; returns 0 when every requested cell has a result, else 1."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        hosts = parse_names(args.hosts, HOSTS, "hosts")
+        kinds = parse_names(args.attentions, (*ATTENTIONS, "global_sa"), "attentions")
+        seeds = parse_ints(args.seeds, "--seeds")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.steps is None and args.minutes is None:
+        args.steps = 1000
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+    args.out = (args.out or RESULTS / f"ablation_{args.setting}").resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    set_threads(args.threads)
+
+    dataset = prepare_dataset(args)
+    labels = evaluation_labels(dataset)
+    pairs = load_pairs(validation_pairs(dataset))
+    print(f"data: {dataset} ({len(pairs)} validation pairs, {len(labels or [])} labels)")
+    ident = identity_rows(args.setting, pairs, labels)
+
+    csv_path, pairs_path = args.out / "ablation.csv", args.out / "ablation_pairs.csv"
+    rows = [r for r in read_csv(csv_path, NUMERIC) if r.get("setting") == args.setting]
+    done = {_key(r) for r in rows}
+    pair_rows = [
+        r
+        for r in read_csv(pairs_path, PAIR_NUMERIC)
+        if _key(r) in done and r.get("setting") == args.setting
+    ]
+    budget = ("" if args.steps is None else str(args.steps), "" if args.minutes is None else f"{args.minutes!r}")
+    cells = [(h, k, s) for h in hosts for k in kinds for s in seeds]
+    failed: list[str] = []
+    for i, (host, kind, seed) in enumerate(cells, 1):
+        name = cell_name(host, kind, seed)
+        old = [r for r in rows if _key(r) == (host, kind, str(seed))]
+        if old:
+            r = old[0]
+            if (str(r.get("budget_steps", "")), str(r.get("budget_minutes", ""))) != budget or (
+                r.get("widths") != ("small" if args.small else "full")
+            ):
+                print(f"[{i}/{len(cells)}] {name}: kept from {csv_path.name} (other budget/widths!)")
+            else:
+                print(f"[{i}/{len(cells)}] {name}: done already, skipped")
+            continue
+        print(f"[{i}/{len(cells)}] {name}: training ...", flush=True)
+        t0 = time.perf_counter()
+        result, status = run_logged(
+            lambda h=host, k=kind, s=seed: run_cell(args, dataset, pairs, labels, h, k, s), name
+        )
+        if result is None:
+            failed.append(name)
+            continue
+        row, cell_pairs = result
+        rows.append(row)
+        pair_rows.extend(cell_pairs)
+        write_csv(csv_path, rows, COLUMNS)
+        write_csv(pairs_path, ident + pair_rows, PAIR_COLUMNS)
+        print(
+            f"  Dice {row['dice_mean']:.4f}, HD95 {row['hd95_mean']:.2f} mm, "
+            f"folding {row['njd_percent_mean']:.3f} %, {row['steps']} steps, "
+            f"{row['seconds_mean']:.3f} s/pair ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+
+    requested = {(h, k, str(s)) for h, k, s in cells}
+    chosen = [r for r in rows if _key(r) in requested]
+    order = {(h, k): j for j, (h, k) in enumerate((h, k) for h in hosts for k in kinds)}
+    chosen.sort(key=lambda r: (order[(r["host"], r["attention"])], int(r["seed"])))
+    agg = aggregate(chosen)
+    write_csv(csv_path, rows, COLUMNS)
+    write_csv(pairs_path, ident + pair_rows, PAIR_COLUMNS)
+    write_markdown(args.out / "ablation.md", args, dataset, agg, ident, failed)
+    if not args.no_plot:
+        chosen_pairs = [r for r in pair_rows if _key(r) in requested]
+        title = f"{args.setting.upper()}: Dice per pair ({len(pairs)} pairs x seeds)"
+        plot(args.out / "ablation.png", agg, ident + chosen_pairs, title)
+    dice, _ = nan_mean_std(r["dice"] for r in ident)
+    print()
+    print(f"affine only (identity): Dice {dice:.4f}")
+    print(text_table(TABLE_HEADERS, table_rows(agg)))
+    print(f"\nwrote {csv_path}, {pairs_path.name}, ablation.md" + ("" if args.no_plot else ", ablation.png"))
+    if failed:
+        print(f"failed cells: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
