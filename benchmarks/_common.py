@@ -224,9 +224,7 @@ def score_flow(pair: LoadedPair, flow: np.ndarray, labels: Sequence[int] | None)
     """
     from maxca.inference.evaluate import evaluate_flow
 
-    return evaluate_flow(
-        pair.fixed_label, pair.moving_label, flow, labels=labels, name=pair.name
-    )
+    return evaluate_flow(pair.fixed_label, pair.moving_label, flow, labels=labels, name=pair.name)
 
 
 def identity_flow(pair: LoadedPair) -> np.ndarray:
@@ -366,6 +364,7 @@ def build_slice_dataset(
         names: dict[tuple[Path, int], str] = {}
         axis = None
         indices: list[int] = []
+        shape2d: list[int] = []
         for image_path, label_path in subjects.items():
             case = int(l2r_case_id(image_path))
             if case > 99:
@@ -376,6 +375,7 @@ def build_slice_dataset(
                 axis = plane_axis(image.affine, plane)
                 middle = (image.shape[axis] - 1) // 2
                 indices = [middle + o for o in slice_offsets(n_slices, step)]
+                shape2d = [n for k, n in enumerate(image.shape) if k != axis]
                 if min(indices) < 0 or max(indices) >= image.shape[axis]:
                     raise ValueError(
                         f"{n_slices} slices {step} apart do not fit in {image.shape[axis]} voxels"
@@ -398,8 +398,6 @@ def build_slice_dataset(
                 item["label"] = f"./labelsTr/{name}"
             return item
 
-        first = next(iter(subjects))
-        shape2d = [n for k, n in enumerate(read_volume(first, "image").shape) if k != axis]
         data = {
             "name": f"{ds.name or 'DATA'}-2D-{plane}",
             "description": (
@@ -566,7 +564,9 @@ _RAS_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def itk_field_to_voxel_flow(
-    field_image: Any, fixed_affine: np.ndarray | None = None, fixed_shape: Sequence[int] | None = None
+    field_image: Any,
+    fixed_affine: np.ndarray | None = None,
+    fixed_shape: Sequence[int] | None = None,
 ) -> np.ndarray:
     """An ITK/ANTs displacement field on the fixed grid as our voxel flow ``(d, *S)``.
 
@@ -649,6 +649,13 @@ def ants_register(
     """
     import inspect
 
+    from maxca.data import read_volume
+
+    fixed_vol = read_volume(fixed, "image")
+    if fixed_vol.ndim == 2 and np.abs(fixed_vol.affine[2, :2]).max() > 1e-6:
+        # ITK keeps only the x-y part of a 2-D NIfTI's orientation: slices whose in-plane axes
+        # leave the x-y plane (sagittal, coronal) get a degenerate geometry there
+        raise ValueError("ANTs on 2-D slices needs in-plane axes in the x-y plane (axial)")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     f_img = ants.image_read(str(fixed))
@@ -664,9 +671,6 @@ def ants_register(
     )
     if not composed or not Path(composed).is_file():
         raise RuntimeError(f"ANTs did not write the composed field {composed!r}")
-    from maxca.data import read_volume
-
-    fixed_vol = read_volume(fixed, "image")
     flow = itk_field_to_voxel_flow(composed, fixed_vol.affine, fixed_vol.shape)
     out = AntsOutput(flow=flow, seconds=seconds, files={"field": str(composed)})
     if moving_label is not None:
@@ -726,18 +730,10 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write ``text`` to ``path`` atomically (the library's :mod:`maxca._atomic` helper)."""
+    from maxca._atomic import atomic_write_text as write
+
+    return write(path, text)
 
 
 def _csv_value(value: Any) -> Any:
@@ -746,10 +742,14 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+def write_csv(
+    path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> Path:
     """Write ``rows`` (missing keys empty, floats at full precision) atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k, "")) for k in columns})

@@ -48,8 +48,8 @@ from _common import (
     BRAIN_1MM,
     BRAIN_2MM,
     HOSTS,
-    RESULTS,
     PLANES,
+    RESULTS,
     build_slice_dataset,
     evaluate_model,
     evaluation_labels,
@@ -111,21 +111,6 @@ PAIR_COLUMNS = [
     "seconds",
     "network_s",
 ]
-NUMERIC = [
-    "params",
-    "steps",
-    "train_s",
-    "n_pairs",
-    "dice_mean",
-    "dice_std",
-    "hd95_mean",
-    "hd95_std",
-    "njd_percent_mean",
-    "sdlogj_mean",
-    "seconds_mean",
-    "network_s_mean",
-]
-PAIR_NUMERIC = ["dice", "hd95", "njd_percent", "sdlogj", "seconds", "network_s"]
 IDENTITY = ("-", "identity")  # (host, attention) of the affine-only rows
 
 
@@ -362,7 +347,9 @@ def write_markdown(
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def plot(path: Path, agg: list[dict[str, Any]], pair_rows: list[dict[str, Any]], title: str) -> None:
+def plot(
+    path: Path, agg: list[dict[str, Any]], pair_rows: list[dict[str, Any]], title: str
+) -> None:
     """Dice box plot per method (pairs pooled over seeds) and Dice vs time per pair."""
     import matplotlib
 
@@ -415,14 +402,14 @@ def plot(path: Path, agg: list[dict[str, Any]], pair_rows: list[dict[str, Any]],
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--setting", choices=("2d", "3d"), default="2d")
     p.add_argument("--hosts", default=",".join(HOSTS), help="comma-separated: pyramid,unet,hybrid")
     p.add_argument(
         "--attentions", default=",".join(ATTENTIONS), help="comma-separated: maxca,window,xca,none"
     )
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--steps", type=int, default=None, help="training steps per cell (default 1000)")
     p.add_argument("--minutes", type=float, default=None, help="training minutes per cell")
     p.add_argument("--small", action="store_true", help="small widths per host (CPU tables)")
@@ -476,21 +463,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     set_threads(args.threads)
 
-    dataset = prepare_dataset(args)
-    labels = evaluation_labels(dataset)
-    pairs = load_pairs(validation_pairs(dataset))
+    try:
+        dataset = prepare_dataset(args)
+        labels = evaluation_labels(dataset)
+        pairs = load_pairs(validation_pairs(dataset))
+    except (OSError, ValueError) as exc:  # MaxcaInputError is a ValueError
+        parser.error(str(exc))
     print(f"data: {dataset} ({len(pairs)} validation pairs, {len(labels or [])} labels)")
     ident = identity_rows(args.setting, pairs, labels)
 
     csv_path, pairs_path = args.out / "ablation.csv", args.out / "ablation_pairs.csv"
-    rows = [r for r in read_csv(csv_path, NUMERIC) if r.get("setting") == args.setting]
+    old_rows, old_pairs = read_csv(csv_path), read_csv(pairs_path)
+    others = [r for r in old_rows if r.get("setting") != args.setting]  # kept as they are
+    other_pairs = [r for r in old_pairs if r.get("setting") != args.setting]
+    rows = [r for r in old_rows if r.get("setting") == args.setting]
     done = {_key(r) for r in rows}
-    pair_rows = [
-        r
-        for r in read_csv(pairs_path, PAIR_NUMERIC)
-        if _key(r) in done and r.get("setting") == args.setting
-    ]
-    budget = ("" if args.steps is None else str(args.steps), "" if args.minutes is None else f"{args.minutes!r}")
+    pair_rows = [r for r in old_pairs if _key(r) in done and r.get("setting") == args.setting]
+    budget = (
+        "" if args.steps is None else str(args.steps),
+        "" if args.minutes is None else f"{args.minutes!r}",
+    )
     cells = [(h, k, s) for h in hosts for k in kinds for s in seeds]
     failed: list[str] = []
     for i, (host, kind, seed) in enumerate(cells, 1):
@@ -501,7 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (str(r.get("budget_steps", "")), str(r.get("budget_minutes", ""))) != budget or (
                 r.get("widths") != ("small" if args.small else "full")
             ):
-                print(f"[{i}/{len(cells)}] {name}: kept from {csv_path.name} (other budget/widths!)")
+                print(
+                    f"[{i}/{len(cells)}] {name}: kept from {csv_path.name} (other budget/widths!)"
+                )
             else:
                 print(f"[{i}/{len(cells)}] {name}: done already, skipped")
             continue
@@ -516,8 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         row, cell_pairs = result
         rows.append(row)
         pair_rows.extend(cell_pairs)
-        write_csv(csv_path, rows, COLUMNS)
-        write_csv(pairs_path, ident + pair_rows, PAIR_COLUMNS)
+        write_csv(csv_path, others + rows, COLUMNS)
+        write_csv(pairs_path, other_pairs + ident + pair_rows, PAIR_COLUMNS)
         print(
             f"  Dice {row['dice_mean']:.4f}, HD95 {row['hd95_mean']:.2f} mm, "
             f"folding {row['njd_percent_mean']:.3f} %, {row['steps']} steps, "
@@ -530,8 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {(h, k): j for j, (h, k) in enumerate((h, k) for h in hosts for k in kinds)}
     chosen.sort(key=lambda r: (order[(r["host"], r["attention"])], int(r["seed"])))
     agg = aggregate(chosen)
-    write_csv(csv_path, rows, COLUMNS)
-    write_csv(pairs_path, ident + pair_rows, PAIR_COLUMNS)
+    write_csv(csv_path, others + rows, COLUMNS)
+    write_csv(pairs_path, other_pairs + ident + pair_rows, PAIR_COLUMNS)
     write_markdown(args.out / "ablation.md", args, dataset, agg, ident, failed)
     if not args.no_plot:
         chosen_pairs = [r for r in pair_rows if _key(r) in requested]
@@ -541,7 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"affine only (identity): Dice {dice:.4f}")
     print(text_table(TABLE_HEADERS, table_rows(agg)))
-    print(f"\nwrote {csv_path}, {pairs_path.name}, ablation.md" + ("" if args.no_plot else ", ablation.png"))
+    print(
+        f"\nwrote {csv_path}, {pairs_path.name}, ablation.md"
+        + ("" if args.no_plot else ", ablation.png")
+    )
     if failed:
         print(f"failed cells: {', '.join(failed)}")
         return 1
@@ -549,4 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from maxca.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the maxca entry points do (training and registration)
     sys.exit(main())

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from _common import (
     ANTS_PRESETS,
     BRAIN_1MM,
@@ -97,17 +99,6 @@ PAIR_COLUMNS = [
     "setting",
     "method",
     "pair",
-    "dice",
-    "hd95",
-    "njd_percent",
-    "sdlogj",
-    "seconds",
-    "network_s",
-    "dice_ants_labels",
-    "njd_ants",
-]
-NUMERIC = [c for c in COLUMNS if c.endswith(("_mean", "_std"))] + ["n_pairs", "params"]
-PAIR_NUMERIC = [
     "dice",
     "hd95",
     "njd_percent",
@@ -195,14 +186,17 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
             f"{float(r['njd_percent_mean']):.3f}",
             f"{float(r['sdlogj_mean']):.3f}",
             f"{float(r['seconds_mean']):.3g}",
-            "-" if r.get("params") in (None, "") or math.isnan(float(r["params"])) else
-            f"{int(float(r['params'])):,}",
+            "-"
+            if r.get("params") in (None, "") or math.isnan(float(r["params"]))
+            else f"{int(float(r['params'])):,}",
         ]
         for r in rows
     ]
 
 
-def plot(path: Path, rows: list[dict[str, Any]], pair_rows: list[dict[str, Any]], title: str) -> None:
+def plot(
+    path: Path, rows: list[dict[str, Any]], pair_rows: list[dict[str, Any]], title: str
+) -> None:
     """Dice box plot per method and mean Dice vs runtime per pair (log time axis)."""
     import matplotlib
 
@@ -271,7 +265,7 @@ def write_markdown(
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--setting", choices=("2d", "3d"), default="3d")
     p.add_argument("--data", type=Path, default=None, help="dataset.json (3d) / 3-D source (2d)")
@@ -334,18 +328,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
 
-    dataset = prepare_dataset(args)
-    labels = evaluation_labels(dataset)
-    pairs = load_pairs(validation_pairs(dataset))
+    try:
+        dataset = prepare_dataset(args)
+        labels = evaluation_labels(dataset)
+        pairs = load_pairs(validation_pairs(dataset))
+    except (OSError, ValueError) as exc:  # MaxcaInputError is a ValueError
+        parser.error(str(exc))
     print(f"data: {dataset} ({len(pairs)} validation pairs, {len(labels or [])} labels)")
 
     csv_path, pairs_path = args.out / "baselines.csv", args.out / "baselines_pairs.csv"
-    rows = {
-        r["method"]: r for r in read_csv(csv_path, NUMERIC) if r.get("setting") == args.setting
-    }
-    pair_rows = [
-        r for r in read_csv(pairs_path, PAIR_NUMERIC) if r.get("setting") == args.setting
-    ]
+    old_rows, old_pairs = read_csv(csv_path), read_csv(pairs_path)
+    others = [r for r in old_rows if r.get("setting") != args.setting]  # kept as they are
+    other_pairs = [r for r in old_pairs if r.get("setting") != args.setting]
+    rows = {r["method"]: r for r in old_rows if r.get("setting") == args.setting}
+    pair_rows = [r for r in old_pairs if r.get("setting") == args.setting]
     requested: list[str] = []
     failed: list[str] = []
 
@@ -354,8 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[method] = method_row(args.setting, method, kind, prows, **extra)
         pair_rows = [r for r in pair_rows if r["method"] != method]
         pair_rows += [{"setting": args.setting, "method": method, **r} for r in prows]
-        write_csv(csv_path, list(rows.values()), COLUMNS)
-        write_csv(pairs_path, pair_rows, PAIR_COLUMNS)
+        write_csv(csv_path, others + list(rows.values()), COLUMNS)
+        write_csv(pairs_path, other_pairs + pair_rows, PAIR_COLUMNS)
         m = rows[method]
         print(
             f"  {method}: Dice {m['dice_mean']:.4f} ± {m['dice_std']:.4f}, "
@@ -380,16 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (b) ANTs
     if presets:
         ants = import_ants(args.threads)
+        work = args.out / "ants_tmp"
         if ants is None:
             print("ANTs: ANTsPy is not installed (pip install 'maxca[ants]'): ANTs rows skipped")
         else:
+            work.mkdir(parents=True, exist_ok=True)
             for preset in presets:
                 method = f"ANTs {preset}"
                 if not todo(method):
                     continue
-                work = args.out / "ants_tmp"
-                work.mkdir(exist_ok=True)
-                prows, status = run_logged(
+                prows, _ = run_logged(
                     lambda p=preset: ants_method(ants, p, pairs, labels, args.seed, work), method
                 )
                 if prows is None:
@@ -402,31 +398,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"(genericLabel): {cross:.4f}"
                 )
                 record(method, "ants", prows, details=details, threads=args.threads or "")
+            shutil.rmtree(work, ignore_errors=True)
 
     # (c) our models, with and without instance optimisation
+    from maxca.models import count_parameters
+    from maxca.training import load_checkpoint
+
     for label, path in models:
-        variants = [(label, 0)] + ([(f"{label} + IO {args.refine}", args.refine)] if args.refine else [])
-        loaded: dict[str, Any] = {}
-        for method, steps in variants:
-            if not todo(method):
-                continue
-
-            def run(steps: int = steps, path: Path = path) -> list[dict[str, Any]]:
-                from maxca.training import load_checkpoint
-
-                if "model" not in loaded:
-                    loaded["model"] = load_checkpoint(path, which=args.which, map_location=device)
-                model, info = loaded["model"]
-                model.eval()
-                return evaluate_model(model, info, pairs, labels, device, refine_steps=steps)
-
-            prows, status = run_logged(run, method)
+        variants = [(label, 0)]
+        if args.refine:
+            variants.append((f"{label} + IO {args.refine}", args.refine))
+        pending = [(method, steps) for method, steps in variants if todo(method)]
+        if not pending:
+            continue
+        loaded, _ = run_logged(
+            lambda path=path: load_checkpoint(path, which=args.which, map_location=device), label
+        )
+        if loaded is None:
+            failed.extend(method for method, _ in pending)
+            continue
+        model, info = loaded
+        model.eval()
+        for method, steps in pending:
+            prows, _ = run_logged(
+                lambda steps=steps, model=model, info=info: evaluate_model(
+                    model, info, pairs, labels, device, refine_steps=steps
+                ),
+                method,
+            )
             if prows is None:
                 failed.append(method)
                 continue
-            from maxca.models import count_parameters
-
-            model, info = loaded["model"]
             details = f"{info.path} ({model.config_dict()['name']}, {model.config.attention})"
             if steps:
                 details += f", {steps} refine steps"
@@ -448,7 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(args.out / "baselines.png", chosen, chosen_pairs, title)
     print()
     print(text_table(HEADERS, table_rows(chosen)))
-    print(f"\nwrote {csv_path}, {pairs_path.name}, baselines.md" + ("" if args.no_plot else ", baselines.png"))
+    print(
+        f"\nwrote {csv_path}, {pairs_path.name}, baselines.md"
+        + ("" if args.no_plot else ", baselines.png")
+    )
     if failed:
         print(f"failed: {', '.join(failed)}")
         return 1
@@ -456,4 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from maxca.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the maxca entry points do (training and registration)
     sys.exit(main())

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from _common import (
     ANTS_PRESETS,
     ATTENTIONS,
@@ -302,7 +303,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", type=Path, default=BRAIN_1MM, help="Learn2Reg dataset.json")
     p.add_argument("--pair-index", type=int, default=0, help="which registration_val pair")
@@ -358,13 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     pair = pairs[args.pair_index]
     labels = evaluation_labels(args.data)
     from maxca.data import read_volume
-
     from maxca.inference import warp_volume
 
     fixed_vol = read_volume(pair.fixed_label, "label")
     fixed_lab = fixed_vol.array
     zero = torch.zeros((1, fixed_vol.ndim, *fixed_lab.shape))
-    moving_on_fixed = warp_volume(read_volume(pair.moving_label, "label"), zero, fixed_vol.affine, "label")
+    moving_on_fixed = warp_volume(
+        read_volume(pair.moving_label, "label"), zero, fixed_vol.affine, "label"
+    )
     size = "x".join(map(str, fixed_lab.shape))
     dice_before = mean_dice(fixed_lab, moving_on_fixed[0, 0].numpy(), labels)
     print(f"pair {pair.name} ({size}) from {args.data}; Dice before {dice_before:.4f}")
@@ -455,4 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from maxca.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the maxca entry points do (training and registration)
     sys.exit(main())

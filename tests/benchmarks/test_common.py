@@ -16,14 +16,13 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 import torch
 
+import _common  # benchmarks/ is put on sys.path by conftest.py
+import baselines
 from maxca.data import random_smooth_deformation, read_volume
 from maxca.inference import itk_displacement_image, warp_volume
 from maxca.metrics import dice
 from maxca.models import RegistrationHead, create_model
 from maxca.training.checkpoint import CheckpointInfo
-
-import _common  # benchmarks/ is put on sys.path by conftest.py
-import baselines
 
 from .conftest import LABELS, SHAPE, lia_affine
 
@@ -88,7 +87,12 @@ class FakeAnts:
         return _Img(sitk.ReadImage(path), Path(path))
 
     def registration(
-        self, fixed: _Img, moving: _Img, outprefix: str = "", random_seed: int | None = None, **kw: Any
+        self,
+        fixed: _Img,
+        moving: _Img,
+        outprefix: str = "",
+        random_seed: int | None = None,
+        **kw: Any,
     ) -> dict[str, list[str]]:
         vol = read_volume(fixed.path, "image")
         flow = random_smooth_deformation(vol.shape, self.magnitude, 6, generator=len(self.flows))
@@ -121,9 +125,16 @@ class FakeAnts:
         return _Img(sitk.DisplacementFieldJacobianDeterminant(field))
 
 
-def test_ants_flow_conversion_matches_itk_warping(tiny_dataset: Path, tmp_path: Path) -> None:
-    """Our voxel flow from an ANTs-style field warps the labels exactly as ITK does."""
-    pair = _common.validation_pairs(tiny_dataset)[0]
+@pytest.mark.parametrize("setting", ["2d", "3d"])
+def test_ants_flow_conversion_matches_itk_warping(
+    setting: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Our voxel flow from an ANTs-style field warps the labels exactly as ITK does (ITK reads
+    the NIfTI geometry itself, including the 2-D slices' in-plane axes -x and +y)."""
+    ds = tiny_dataset
+    if setting == "2d":
+        ds = _common.build_slice_dataset(tiny_dataset, tmp_path / "s", "axial", 1, 1)
+    pair = _common.validation_pairs(ds)[0]
     fake = FakeAnts()
     out = _common.ants_register(
         fake,
@@ -137,11 +148,15 @@ def test_ants_flow_conversion_matches_itk_warping(tiny_dataset: Path, tmp_path: 
     np.testing.assert_allclose(out.flow, fake.flows[0], atol=1e-4)
     fixed = read_volume(pair.fixed, "image")
     ours = warp_volume(
-        read_volume(pair.moving_label, "label"), torch.from_numpy(out.flow)[None], fixed.affine, "label"
+        read_volume(pair.moving_label, "label"),
+        torch.from_numpy(out.flow)[None],
+        fixed.affine,
+        "label",
     )[0, 0].numpy()
     assert out.warped_labels is not None and out.warped_labels.shape == ours.shape
     assert np.mean(out.warped_labels == ours) > 0.995  # nearest-neighbour ties aside
     assert not np.array_equal(ours, read_volume(pair.moving_label, "label").array)  # it moved
+    assert out.flow.shape == (fixed.ndim, *fixed.shape)
     # ANTs' own Jacobian is only a cross-check column (ITK's filter here ignores the direction
     # cosines, so its values differ from ours on this LIA grid): it must come back on the grid
     assert out.jacobian is not None and out.jacobian.shape == ours.shape
@@ -241,9 +256,14 @@ def test_model_evaluation_of_a_zero_flow_is_the_identity(
     for m in model.modules():
         if isinstance(m, RegistrationHead):
             torch.nn.init.zeros_(m.conv.weight)
-    info = CheckpointInfo(tmp_path, model.config_dict(), _common.data_record(fixed.shape, fixed.spacing))
+    info = CheckpointInfo(
+        tmp_path, model.config_dict(), _common.data_record(fixed.shape, fixed.spacing)
+    )
     rows = _common.evaluate_model(model, info, pairs, list(LABELS), warmup=False)
-    ident = [_common.pair_row(_common.score_flow(p, _common.identity_flow(p), list(LABELS)), 0.0) for p in pairs]
+    ident = [
+        _common.pair_row(_common.score_flow(p, _common.identity_flow(p), list(LABELS)), 0.0)
+        for p in pairs
+    ]
     assert [r["pair"] for r in rows] == [r["pair"] for r in ident]
     for r, i in zip(rows, ident):
         assert r["dice"] == i["dice"] and r["hd95"] == i["hd95"]

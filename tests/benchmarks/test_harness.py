@@ -1,0 +1,232 @@
+"""The three benchmark scripts end to end on a tiny synthetic dataset, with a budget of a few
+training steps: every requested cell/method is in the CSV and Markdown with finite numbers,
+the affine-only baseline equals Dice before, resumed runs skip finished cells."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _common  # benchmarks/ is put on sys.path by conftest.py
+import ablation
+import baselines
+import speed
+from maxca.metrics import dice
+
+from .conftest import LABELS
+
+HOSTS = ("pyramid", "unet", "hybrid")
+METRICS = ("dice_mean", "hd95_mean", "njd_percent_mean", "sdlogj_mean", "seconds_mean")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _finite(row: dict[str, str], keys: tuple[str, ...]) -> bool:
+    return all(math.isfinite(float(row[k])) for k in keys)
+
+
+def _direct_identity_dice(dataset: Path) -> list[float]:
+    """Dice before per validation pair, straight from the label arrays (same grid)."""
+    out = []
+    for p in _common.load_pairs(_common.validation_pairs(dataset)):
+        scores = dice(p.fixed_label.array, p.moving_label.array, list(LABELS))
+        out.append(float(np.nanmean(list(scores.values()))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ablation_2d(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("abl2d")
+    argv = [
+        "--setting", "2d", "--data", str(tiny_dataset), "--slices", "2", "--slice-step", "3",
+        "--small", "--steps", "2", "--seeds", "0", "--attentions", "maxca,none",
+        "--threads", "1", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    assert ablation.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ablation_3d(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("abl3d")
+    argv = [
+        "--setting", "3d", "--data", str(tiny_dataset), "--small", "--steps", "2",
+        "--seeds", "0,1", "--hosts", "unet", "--attentions", "xca,none",
+        "--threads", "1", "--device", "cpu", "--out", str(out), "--no-plot",
+    ]  # fmt: skip
+    assert ablation.main(argv) == 0
+    return out
+
+
+def test_ablation_2d_has_every_cell(ablation_2d: Path) -> None:
+    rows = _rows(ablation_2d / "ablation.csv")
+    cells = {(r["host"], r["attention"], r["seed"]) for r in rows}
+    assert cells == {(h, k, "0") for h in HOSTS for k in ("maxca", "none")}
+    for r in rows:
+        assert r["setting"] == "2d" and r["steps"] == "2" and r["widths"] == "small"
+        assert _finite(r, METRICS) and float(r["params"]) > 0
+        assert 0.0 <= float(r["dice_mean"]) <= 1.0
+        assert int(r["n_pairs"]) == 2 * 3  # 3 source pairs x 2 slices
+        assert (Path(r["run_dir"]) / "checkpoints" / "last" / "model.json").is_file()
+    md = (ablation_2d / "ablation.md").read_text()
+    for h in HOSTS:
+        for k in ("maxca", "none"):
+            assert re.search(rf"^\| {h} \| {k} \| 1 \| \d\.\d{{3}} \|", md, re.M), (h, k)
+    assert (ablation_2d / "ablation.png").stat().st_size > 10_000
+    # the 2-D data are slices written into the cache folder
+    assert (ablation_2d / "data" / "slices.json").is_file()
+
+
+def test_ablation_identity_rows_are_dice_before(ablation_2d: Path) -> None:
+    pairs = [r for r in _rows(ablation_2d / "ablation_pairs.csv") if r["attention"] == "identity"]
+    expected = _direct_identity_dice(ablation_2d / "data" / "dataset.json")
+    assert [float(r["dice"]) for r in pairs] == pytest.approx(expected)
+    md = (ablation_2d / "ablation.md").read_text()
+    assert f"Dice {np.mean(expected):.3f}" in md
+
+
+def test_ablation_3d_seeds_and_resume(
+    ablation_3d: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _rows(ablation_3d / "ablation.csv")
+    assert {(r["host"], r["attention"], r["seed"]) for r in rows} == {
+        ("unet", k, s) for k in ("xca", "none") for s in ("0", "1")
+    }
+    assert all(_finite(r, METRICS) for r in rows)
+    md = (ablation_3d / "ablation.md").read_text()
+    assert re.search(r"^\| unet \| xca \| 2 \| \d\.\d{3} ± \d\.\d{3} \| [+-]\d\.\d{3} \|", md, re.M)
+    stamp = {
+        p: p.stat().st_mtime_ns
+        for p in (ablation_3d / "runs").glob("*/checkpoints/last/model.json")
+    }
+    assert len(stamp) == 4
+    capsys.readouterr()
+    argv = [
+        "--setting", "3d", "--data", str(tiny_dataset), "--small", "--steps", "2",
+        "--seeds", "0,1", "--hosts", "unet", "--attentions", "xca,none",
+        "--threads", "1", "--device", "cpu", "--out", str(ablation_3d), "--no-plot",
+    ]  # fmt: skip
+    assert ablation.main(argv) == 0
+    assert capsys.readouterr().out.count("done already, skipped") == 4
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing retrained
+    assert _rows(ablation_3d / "ablation.csv") == rows
+
+
+def test_ablation_rejects_unknown_names(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        ablation.main(["--hosts", "vit", "--data", str(tiny_dataset), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        ablation.main(["--attentions", "maxca,maxca", "--out", str(tmp_path)])
+
+
+def test_baselines(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    run = ablation_3d / "runs" / "unet-xca-s0"
+    argv = [
+        "--setting", "3d", "--data", str(tiny_dataset), "--model", f"unet-xca={run}",
+        "--refine", "2", "--threads", "1", "--device", "cpu", "--out", str(tmp_path),
+    ]  # fmt: skip
+    ants_available = _common.import_ants() is not None
+    if not ants_available:
+        argv.append("--no-ants")
+    else:
+        argv += ["--ants", "SyN"]
+    assert baselines.main(argv) == 0
+    rows = {r["method"]: r for r in _rows(tmp_path / "baselines.csv")}
+    expected = {"affine only", "unet-xca", "unet-xca + IO 2"} | (
+        {"ANTs SyN"} if ants_available else set()
+    )
+    assert set(rows) == expected
+    for r in rows.values():
+        assert _finite(r, METRICS) and int(r["n_pairs"]) == 3
+    # the identity baseline is Dice before, and the ablation scored the same pairs the same way
+    before = _direct_identity_dice(tiny_dataset)
+    assert float(rows["affine only"]["dice_mean"]) == pytest.approx(np.mean(before))
+    abl_ident = [
+        r for r in _rows(ablation_3d / "ablation_pairs.csv") if r["attention"] == "identity"
+    ]
+    base_ident = [
+        r for r in _rows(tmp_path / "baselines_pairs.csv") if r["method"] == "affine only"
+    ]
+    assert [(r["pair"], r["dice"], r["hd95"]) for r in abl_ident] == [
+        (r["pair"], r["dice"], r["hd95"]) for r in base_ident
+    ]
+    # the model row without refinement is the ablation's evaluation of that cell
+    abl = {(r["attention"], r["seed"]): r for r in _rows(ablation_3d / "ablation.csv")}
+    assert float(rows["unet-xca"]["dice_mean"]) == pytest.approx(
+        float(abl[("xca", "0")]["dice_mean"])
+    )
+    assert float(rows["unet-xca + IO 2"]["sdlogj_mean"]) != float(rows["unet-xca"]["sdlogj_mean"])
+    md = (tmp_path / "baselines.md").read_text()
+    for method in expected:
+        assert f"| {method} |" in md
+    assert (tmp_path / "baselines.png").is_file()
+
+
+def test_baselines_reports_a_failing_model(
+    tiny_dataset: Path, ablation_2d: Path, tmp_path: Path
+) -> None:
+    run2d = ablation_2d / "runs" / "unet-none-s0"  # a 2-D model cannot register 3-D pairs
+    argv = [
+        "--setting", "3d", "--data", str(tiny_dataset), "--model", str(run2d), "--no-ants",
+        "--threads", "1", "--device", "cpu", "--out", str(tmp_path), "--no-plot",
+    ]  # fmt: skip
+    assert baselines.main(argv) == 1
+    assert {r["method"] for r in _rows(tmp_path / "baselines.csv")} == {"affine only"}
+
+
+def test_speed(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    run = ablation_3d / "runs" / "unet-none-s1"
+    argv = [
+        "--data", str(tiny_dataset), "--grid", "10x8x12", "--grid-spacing", "4", "--small",
+        "--hosts", "pyramid,unet,hybrid", "--model", f"unet={run}", "--repeats", "1",
+        "--devices", "cpu", "--no-ants", "--threads", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert speed.main(argv) == 0
+    rows = _rows(tmp_path / "speed.csv")
+    assert [(r["method"], r["mode"], r["status"]) for r in rows] == [
+        (f"ours {h}", "api", "ok") for h in HOSTS
+    ]
+    for r in rows:
+        assert _finite(r, ("first_s", "median_s", "min_s", "network_s", "dice_after"))
+        assert float(r["median_s"]) >= float(r["network_s"]) > 0
+        assert r["repeats"] == "1"
+    by_host = {r["host"]: r for r in rows}
+    assert by_host["unet"]["model"] == str(run) and by_host["unet"]["grid"] == "20x16x24"
+    assert (
+        by_host["pyramid"]["model"].startswith("fresh") and by_host["pyramid"]["grid"] == "10x8x12"
+    )
+    assert float(by_host["pyramid"]["dice_before"]) == pytest.approx(
+        _direct_identity_dice(tiny_dataset)[0]
+    )
+
+
+def test_speed_cli_path(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--cli`` times ``python -m maxca register`` in a fresh process: the command works."""
+    pair = _common.validation_pairs(tiny_dataset)[0]
+    run = ablation_3d / "runs" / "unet-none-s0"
+    res = speed.time_cli(run, "cpu", pair, tmp_path, repeats=0, threads=1)
+    assert res["repeats"] == 1 and res["median_s"] > 0
+    assert (tmp_path / "cli" / "warped_labels.nii.gz").is_file()
+
+
+@pytest.mark.skipif(not _common.BRAIN_2MM.is_file(), reason="../shared/data/brain-synth-2mm absent")
+def test_identity_on_brain_synth_2mm_is_the_documented_affine_only_dice() -> None:
+    """The scoring path reproduces the affine-only mean Dice documented for the 2 mm data
+    (0.522 on registration_val, shared/data/README.md)."""
+    labels = _common.evaluation_labels(_common.BRAIN_2MM)
+    assert labels is not None and len(labels) == 28
+    pairs = _common.load_pairs(_common.validation_pairs(_common.BRAIN_2MM))
+    rows = [
+        _common.pair_row(_common.score_flow(p, _common.identity_flow(p), labels)) for p in pairs
+    ]
+    assert len(rows) == 4
+    assert np.mean([r["dice"] for r in rows]) == pytest.approx(0.522, abs=0.001)
+    assert all(math.isfinite(r["hd95"]) and r["njd_percent"] == 0.0 for r in rows)
