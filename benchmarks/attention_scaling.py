@@ -215,6 +215,7 @@ def plot(rows: list[dict], path: Path) -> None:
         (axes[0], "seconds", "time (s)"),
         (axes[1], "net_mb", "peak memory above baseline (MB)"),
     ):
+        colors = {"maxca": "C3", "window": "C0", "xca": "C2", "global_sa": "C7"}
         keys = sorted({(r["kind"], r["channels"], r["pass"]) for r in rows})
         for kind, ch, pas in keys:
             pts = [
@@ -227,7 +228,10 @@ def plot(rows: list[dict], path: Path) -> None:
             pts.sort()
             ax.loglog(
                 *zip(*pts),
-                marker="o",
+                marker="o" if ch == 32 else "s",
+                ms=4,
+                color=colors.get(kind, "k"),
+                alpha=1.0 if ch == 32 else 0.55,
                 ls="-" if pas == "fwd" else "--",
                 label=f"{kind} C={ch} {pas}",
             )
@@ -262,7 +266,21 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="sizes up to 40x48x56, C=16 only")
     p.add_argument("--ratio-only", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--plot-only", help="redraw the PNG from an existing CSV and exit")
     args = p.parse_args()
+    if args.plot_only:
+        with open(args.plot_only) as fh:
+            rows = [
+                {
+                    **r,
+                    "voxels": int(r["voxels"]),
+                    "channels": int(r["channels"]),
+                    **{k: float(r[k]) for k in ("seconds", "net_mb") if r.get(k)},
+                }
+                for r in csv.DictReader(fh)
+            ]
+        plot(rows, Path(args.plot_only).with_suffix(".png"))
+        return
     if args.ratio_child:
         size, tuned, thr, rep = args.ratio_child
         if int(tuned):
@@ -288,18 +306,28 @@ def main() -> None:
         args.sizes, args.channels = "8x8x8,16x16x16,20x24x28,40x48x56", "16"
         args.global_sa_sizes = "8x8x8,12x12x12,16x16x16"
 
-    ratios = [
-        ratio_and_profile(s, 32, args.threads, max(2, args.repeats))
-        for s in (["40x48x56"] if args.quick else ["40x48x56", "80x96x112"])
-    ]
+    ratios = []
+    for size in ["40x48x56"] if args.quick else ["40x48x56", "80x96x112"]:
+        for tuned in (False, True):  # each in a fresh process: the allocator is process-wide
+            cmd = [
+                sys.executable,
+                __file__,
+                "--ratio-child",
+                size,
+                str(int(tuned)),
+                str(args.threads),
+                str(max(3, args.repeats)),
+            ]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            ratios.append(json.loads(res.stdout.strip().splitlines()[-1]))
     for r in ratios:
+        alloc = "tuned allocator" if r["tuned_allocator"] else "default allocator"
         print(
-            f"MAXCA C=32 {r['size']}: block {r['maxca_fwd_s']:.3f}s, its convs+linears alone "
-            f"{r['convs_linears_fwd_s']:.3f}s, ratio {r['ratio']:.2f}"
+            f"MAXCA C=32 {r['size']} ({alloc}): block {r['maxca_fwd_s']:.3f}s, its "
+            f"convs+linears alone {r['convs_linears_fwd_s']:.3f}s, ratio {r['ratio']:.2f}"
         )
-        print(
-            "  profile (self time): " + ", ".join(f"{k} {v:.0%}" for k, v in r["profile"].items())
-        )
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"].items())
+        print(f"  profile (self time): {shares}")
     (out / "attention_ratio.json").write_text(json.dumps(ratios, indent=2))
     if args.ratio_only:
         return

@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "model_cost.csv")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--forward-only", action="store_true", help="skip the training step")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -281,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": max(1, args.repeats),
             }
             fwd = run_cell({**spec, "mode": "forward"}, args.timeout)
-            train = run_cell({**spec, "mode": "train"}, args.timeout)
+            train = (
+                {"status": "ok"}
+                if args.forward_only
+                else run_cell({**spec, "mode": "train"}, args.timeout)
+            )
             status = fwd["status"] if fwd["status"] != "ok" else train["status"]
             row = {
                 "model": model,

@@ -61,6 +61,7 @@ class MultiAxisMixer(nn.Module):
         we, be = self.expand.weight, self.expand.bias
         u = self.act(F.linear(h, we[:C], be[:C]))  # (B, *S, C)
         v = self.act(F.linear(h, we[C:], be[C:]))
+        del h
         u, v = self.branch_u(u), self.branch_v(v)
         wp = self.proj.weight
         out = F.linear(u, wp[:, :C], self.proj.bias)

@@ -125,6 +125,7 @@ class XCALayer(nn.Module):
         qkv, pads = pad_to_multiple(qkv, region)  # zero tokens = masked out
         padded = tuple(qkv.shape[1:-1])
         tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3C')
+        del h, qkv  # free what is no longer needed before the next large allocation
         q, k, v = tok.split(Cp, dim=-1)  # strided (B*G, T, C') each
         attn = xca_mixing_matrix(q, k, self.temperature, H)  # (B*G, H, c, c)
         # Fold "A v" (block-diagonal over heads) and the output Linear into one C'xC' matrix
@@ -132,6 +133,7 @@ class XCALayer(nn.Module):
         w = self.proj.weight.view(Cp, H, c)
         mix = torch.einsum("ghij,ohi->ghjo", attn, w).reshape(-1, Cp, Cp)
         out = torch.baddbmm(self.proj.bias, v, mix)  # (B*G, T, C') contiguous
+        del tok, q, k, v
         if self.training and self.drop.p > 0:
             out = self.drop(out)
         if self.grouping == "global":  # tokens are already in spatial order
