@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(f"\nwrote {args.out}")
-    if not args.no_plot:
+    if not args.no_plot and not args.forward_only:
         png = args.out.with_suffix(".png")
         plot(rows, png)
         print(f"wrote {png}")
