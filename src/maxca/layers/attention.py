@@ -173,8 +173,7 @@ class GlobalSelfAttention(AttentionBlock):
         drop: float = 0.0,
         checkpoint: bool = False,
     ) -> None:
-        check_spatial_dims(spatial_dims)
-        check_heads(channels, heads)
+        # the branch layers validate spatial_dims and heads (one clear error each)
         super().__init__(
             spatial_dims,
             channels,
@@ -208,8 +207,7 @@ class WindowAttention(AttentionBlock):
         drop: float = 0.0,
         checkpoint: bool = False,
     ) -> None:
-        check_spatial_dims(spatial_dims)
-        check_heads(channels, heads)
+        # the branch layers validate spatial_dims and heads (one clear error each)
         super().__init__(
             spatial_dims,
             channels,
@@ -235,8 +233,7 @@ class GlobalXCA(AttentionBlock):
         drop: float = 0.0,
         checkpoint: bool = False,
     ) -> None:
-        check_spatial_dims(spatial_dims)
-        check_heads(channels, heads)
+        # the branch layers validate spatial_dims and heads (one clear error each)
         super().__init__(
             spatial_dims,
             channels,

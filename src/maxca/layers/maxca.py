@@ -28,7 +28,7 @@ from torch import Tensor
 from maxca.errors import MaxcaInputError
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
-from maxca.layers.xca import XCALayer, check_heads
+from maxca.layers.xca import XCALayer
 
 
 class MultiAxisMixer(nn.Module):
@@ -178,8 +178,7 @@ class MAXCA(AttentionBlock):
         drop: float = 0.0,
         checkpoint: bool = False,
     ) -> None:
-        check_spatial_dims(spatial_dims)
-        check_heads(channels, heads)
+        # the branch layers validate spatial_dims and heads (one clear error each)
         super().__init__(
             spatial_dims,
             channels,
