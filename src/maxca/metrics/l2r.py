@@ -49,7 +49,7 @@ from maxca.metrics._common import (
     shape_str,
 )
 from maxca.metrics.jacobian import determinant
-from maxca.metrics.landmarks import _as_points
+from maxca.metrics.landmarks import _as_point_pairs
 
 __all__ = [
     "L2R_CROP",
@@ -385,13 +385,7 @@ def l2r_tre(
     """
     u = as_flow(flow)
     d = u.shape[0]
-    p = _as_points(fixed_pts, d, "fixed_pts")
-    q = _as_points(moving_pts, d, "moving_pts")
-    if p.shape != q.shape:
-        raise MaxcaInputError(
-            f"fixed_pts and moving_pts must pair up, got {p.shape[0]} fixed and "
-            f"{q.shape[0]} moving landmarks"
-        )
+    p, q = _as_point_pairs(fixed_pts, moving_pts, d)
     sp = as_spacing(spacing, d)
     disp = np.stack([map_coordinates(u[k], p.T, order=3, mode="constant") for k in range(d)], 1)
     return np.linalg.norm((p + disp - q) * sp, axis=1)

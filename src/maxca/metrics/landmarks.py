@@ -85,6 +85,20 @@ def _as_points(points: ArrayLike, d: int, name: str) -> np.ndarray:
     return arr
 
 
+def _as_point_pairs(
+    fixed_pts: ArrayLike, moving_pts: ArrayLike, d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate corresponding landmark lists: two ``(N, d)`` float arrays of equal length."""
+    p = _as_points(fixed_pts, d, "fixed_pts")
+    q = _as_points(moving_pts, d, "moving_pts")
+    if p.shape != q.shape:
+        raise MaxcaInputError(
+            f"fixed_pts and moving_pts must pair up, got {p.shape[0]} fixed and "
+            f"{q.shape[0]} moving landmarks"
+        )
+    return p, q
+
+
 def warp_points(points: ArrayLike, flow: ArrayLike, order: int = 1) -> np.ndarray:
     """Map fixed-space voxel points ``p`` to moving space: ``p + u(p)``.
 
@@ -136,12 +150,6 @@ def tre(
     """
     u = as_flow(flow)
     d = u.shape[0]
-    p = _as_points(fixed_pts, d, "fixed_pts")
-    q = _as_points(moving_pts, d, "moving_pts")
-    if p.shape != q.shape:
-        raise MaxcaInputError(
-            f"fixed_pts and moving_pts must pair up, got {p.shape[0]} fixed and "
-            f"{q.shape[0]} moving landmarks"
-        )
+    p, q = _as_point_pairs(fixed_pts, moving_pts, d)
     sp = as_spacing(spacing, d)
     return np.linalg.norm((warp_points(p, u) - q) * sp, axis=1)
