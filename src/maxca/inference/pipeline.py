@@ -101,6 +101,30 @@ class PairReport:
     grid_spacing: tuple[float, ...] = ()
     device: str = "cpu"
 
+    @classmethod
+    def of(
+        cls,
+        result: RegistrationResult,
+        name: str,
+        out_dir: Path,
+        files: list[str],
+        metrics: dict[str, Any],
+        runtime_s: float,
+    ) -> PairReport:
+        """The report of one registration ``result`` written to ``out_dir``."""
+        return cls(
+            name=name,
+            out_dir=out_dir,
+            files=files,
+            metrics=metrics,
+            max_displacement=_max_displacement(result.flow),
+            runtime_s=runtime_s,
+            timings=result.timings,
+            grid_shape=result.grid.shape,
+            grid_spacing=result.grid.spacing,
+            device=result.device,
+        )
+
 
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
@@ -356,18 +380,7 @@ def register_files(
     }
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
         files = write_result(result, tmp, metrics, png, record)
-    return PairReport(
-        name=out_path.name,
-        out_dir=out_path,
-        files=files,
-        metrics=metrics,
-        max_displacement=_max_displacement(result.flow),
-        runtime_s=time.perf_counter() - t0,
-        timings=result.timings,
-        grid_shape=result.grid.shape,
-        grid_spacing=result.grid.spacing,
-        device=result.device,
-    )
+    return PairReport.of(result, out_path.name, out_path, files, metrics, time.perf_counter() - t0)
 
 
 def register_dataset(
@@ -429,17 +442,8 @@ def register_dataset(
             write_l2r_displacement(tmp / l2r_disp_name(fixed, moving), result.flow, f.affine)
             if scores is not None:
                 scored.append(scores)
-            report = PairReport(
-                name=name,
-                out_dir=out_path / name,
-                files=files,
-                metrics=metrics,
-                max_displacement=_max_displacement(result.flow),
-                runtime_s=time.perf_counter() - t_pair,
-                timings=result.timings,
-                grid_shape=result.grid.shape,
-                grid_spacing=result.grid.spacing,
-                device=result.device,
+            report = PairReport.of(
+                result, name, out_path / name, files, metrics, time.perf_counter() - t_pair
             )
             reports.append(report)
             del result
