@@ -702,13 +702,14 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def pm(mean: float, std: float, digits: int = 3) -> str:
-    """``mean ± std`` (just the mean when the std is undefined)."""
+def pm(mean: float, std: float, digits: int = 3, signed: bool = False) -> str:
+    """``mean ± std`` (just the mean when the std is undefined); ``signed``: ``+0.012``."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
+    sign = "+" if signed else ""
     if std is None or math.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return f"{mean:{sign}.{digits}f}"
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

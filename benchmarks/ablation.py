@@ -43,6 +43,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from _common import (
     ATTENTIONS,
     BRAIN_1MM,
@@ -269,6 +271,87 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def paired_comparisons(
+    rows: Sequence[dict[str, Any]],
+    pair_rows: Sequence[dict[str, Any]],
+    reference: str = "maxca",
+) -> list[dict[str, Any]]:
+    """``reference`` versus each other attention kind of the same host, paired by seed and pair.
+
+    For each host and other kind with common seeds: ``delta_mean``/``delta_sd`` = mean and
+    std (``ddof = 1``) over the common seeds of (reference's mean Dice - other's mean Dice);
+    ``pair_delta`` = mean over pairs of the per-pair difference averaged over those seeds;
+    ``wins`` = the number of pairs (of ``n_pairs``) whose seed-averaged difference is > 0;
+    ``p_wilcoxon`` = two-sided Wilcoxon signed-rank p-value of the seed-averaged per-pair
+    differences (``nan`` below 2 pairs or when all differences are 0).
+    """
+    from scipy.stats import wilcoxon
+
+    seed_dice: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        seed_dice.setdefault((str(r["host"]), str(r["attention"])), {})[str(r["seed"])] = float(
+            r["dice_mean"]
+        )
+    pair_dice: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+    for r in pair_rows:
+        key = (str(r["host"]), str(r["attention"]))
+        pair_dice.setdefault(key, {})[(str(r["seed"]), str(r["pair"]))] = float(r["dice"])
+    out = []
+    hosts = list(dict.fromkeys(h for h, _ in seed_dice))
+    for host in hosts:
+        ref = seed_dice.get((host, reference))
+        if ref is None:
+            continue
+        for (h, kind), other in seed_dice.items():
+            seeds = sorted(set(ref) & set(other))
+            if h != host or kind == reference or not seeds:
+                continue
+            diffs = [ref[s] - other[s] for s in seeds]
+            delta, delta_sd = nan_mean_std(diffs, ddof=1)
+            rp, op = pair_dice.get((host, reference), {}), pair_dice.get((host, kind), {})
+            per_pair: dict[str, list[float]] = {}
+            for s, pair in sorted(set(rp) & set(op)):
+                if s in seeds:
+                    per_pair.setdefault(pair, []).append(rp[(s, pair)] - op[(s, pair)])
+            d = np.array([np.mean(v) for v in per_pair.values()], dtype=float)
+            p_value = math.nan
+            if d.size >= 2 and np.any(d != 0):
+                p_value = float(wilcoxon(d).pvalue)
+            out.append(
+                {
+                    "host": host,
+                    "reference": reference,
+                    "other": kind,
+                    "seeds": len(seeds),
+                    "delta_mean": delta,
+                    "delta_sd": delta_sd,
+                    "pair_delta": float(d.mean()) if d.size else math.nan,
+                    "wins": int((d > 0).sum()),
+                    "n_pairs": int(d.size),
+                    "p_wilcoxon": p_value,
+                }
+            )
+    return out
+
+
+COMPARISON_HEADERS = ["host", "comparison", "seeds", "ΔDice (± over seeds)", "pairs won", "p"]
+
+
+def comparison_rows(comparisons: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The rows of the paired comparison table."""
+    return [
+        [
+            c["host"],
+            f"{c['reference']} − {c['other']}",
+            c["seeds"],
+            pm(c["delta_mean"], c["delta_sd"], signed=True),
+            f"{c['wins']}/{c['n_pairs']}",
+            "-" if math.isnan(c["p_wilcoxon"]) else f"{c['p_wilcoxon']:.3g}",
+        ]
+        for c in comparisons
+    ]
+
+
 TABLE_HEADERS = [
     "host",
     "attention",
@@ -311,6 +394,7 @@ def write_markdown(
     agg: list[dict[str, Any]],
     ident: list[dict[str, Any]],
     missing: list[str],
+    comparisons: Sequence[dict[str, Any]] = (),
 ) -> None:
     """``ablation.md``: what was run, the affine-only reference and the summary table."""
     from _common import atomic_write_text
@@ -342,6 +426,15 @@ def write_markdown(
         "",
         markdown_table(TABLE_HEADERS, table_rows(agg)),
     ]
+    if comparisons:
+        lines += [
+            "MAXCA against each other kind on the same host, paired by seed and pair: ΔDice = "
+            "mean over seeds of the per-seed difference of mean Dice (± std over seeds); pairs "
+            "won = pairs whose Dice difference, averaged over the seeds, is > 0; p = two-sided "
+            "Wilcoxon signed-rank test of those per-pair differences.",
+            "",
+            markdown_table(COMPARISON_HEADERS, comparison_rows(comparisons)),
+        ]
     if missing:
         lines += ["", f"Cells not done (failed): {', '.join(missing)}."]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -524,9 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {(h, k): j for j, (h, k) in enumerate((h, k) for h in hosts for k in kinds)}
     chosen.sort(key=lambda r: (order[(r["host"], r["attention"])], int(r["seed"])))
     agg = aggregate(chosen)
+    comparisons = paired_comparisons(chosen, [r for r in pair_rows if _key(r) in requested])
     write_csv(csv_path, others + rows, COLUMNS)
     write_csv(pairs_path, other_pairs + ident + pair_rows, PAIR_COLUMNS)
-    write_markdown(args.out / "ablation.md", args, dataset, agg, ident, failed)
+    write_markdown(args.out / "ablation.md", args, dataset, agg, ident, failed, comparisons)
     if not args.no_plot:
         chosen_pairs = [r for r in pair_rows if _key(r) in requested]
         title = f"{args.setting.upper()}: Dice per pair ({len(pairs)} pairs x seeds)"
@@ -535,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"affine only (identity): Dice {dice:.4f}")
     print(text_table(TABLE_HEADERS, table_rows(agg)))
+    if comparisons:
+        print()
+        print(text_table(COMPARISON_HEADERS, comparison_rows(comparisons)))
     print(
         f"\nwrote {csv_path}, {pairs_path.name}, ablation.md"
         + ("" if args.no_plot else ", ablation.png")

@@ -80,6 +80,7 @@ def test_ablation_2d_has_every_cell(ablation_2d: Path) -> None:
     for h in HOSTS:
         for k in ("maxca", "none"):
             assert re.search(rf"^\| {h} \| {k} \| 1 \| \d\.\d{{3}} \|", md, re.M), (h, k)
+        assert re.search(rf"^\| {h} \| maxca − none \| 1 \| [+-]\d\.\d{{3}} \| \d/6 \|", md, re.M)
     assert (ablation_2d / "ablation.png").stat().st_size > 10_000
     # the 2-D data are slices written into the cache folder
     assert (ablation_2d / "data" / "slices.json").is_file()
@@ -230,3 +231,37 @@ def test_identity_on_brain_synth_2mm_is_the_documented_affine_only_dice() -> Non
     assert len(rows) == 4
     assert np.mean([r["dice"] for r in rows]) == pytest.approx(0.522, abs=0.001)
     assert all(math.isfinite(r["hd95"]) and r["njd_percent"] == 0.0 for r in rows)
+
+
+def test_paired_comparisons_known_answer() -> None:
+    """MAXCA vs none on made-up rows: per-seed deltas, per-pair wins and the Wilcoxon p-value
+    (scipy on the seed-averaged per-pair differences); a kind without common seeds is left out."""
+    from scipy.stats import wilcoxon
+
+    rows, pair_rows = [], []
+    pair_dice = {  # (attention, seed) -> Dice of pairs a, b, c
+        ("maxca", 0): [0.60, 0.50, 0.70],
+        ("maxca", 1): [0.62, 0.48, 0.71],
+        ("none", 0): [0.55, 0.52, 0.60],
+        ("none", 1): [0.58, 0.47, 0.69],
+    }
+    for (kind, seed), values in pair_dice.items():
+        rows.append({"host": "unet", "attention": kind, "seed": seed, "dice_mean": np.mean(values)})
+        for pair, v in zip("abc", values):
+            pair_rows.append(
+                {"host": "unet", "attention": kind, "seed": seed, "pair": pair, "dice": v}
+            )
+    rows.append({"host": "unet", "attention": "window", "seed": 7, "dice_mean": 0.9})
+    out = ablation.paired_comparisons(rows, pair_rows)
+    assert [(c["host"], c["other"]) for c in out] == [("unet", "none")]
+    c = out[0]
+    per_seed = [np.mean([0.05, -0.02, 0.10]), np.mean([0.04, 0.01, 0.02])]
+    assert c["seeds"] == 2
+    assert c["delta_mean"] == pytest.approx(np.mean(per_seed))
+    assert c["delta_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    d = np.array([0.045, -0.005, 0.06])  # per pair, averaged over the seeds
+    assert c["pair_delta"] == pytest.approx(d.mean())
+    assert (c["wins"], c["n_pairs"]) == (2, 3)
+    assert c["p_wilcoxon"] == pytest.approx(wilcoxon(d).pvalue)
+    table = ablation.comparison_rows(out)
+    assert table[0][1] == "maxca − none" and table[0][4] == "2/3"
