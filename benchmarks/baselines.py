@@ -23,7 +23,8 @@ Dice over the labelled structures, HD95 in mm, % of voxels with ``det J <= 0`` a
 Outputs in ``--out`` (default ``benchmarks/results/baselines_<setting>/``): ``baselines.csv``
 (one row per method: mean/std over pairs), ``baselines_pairs.csv``, ``baselines.md`` and
 ``baselines.png`` (Dice box plot; Dice vs runtime). Methods already in ``baselines.csv`` are
-skipped unless ``--force``.
+skipped unless ``--force``; the table, Markdown and figure show the methods of this call, or
+with ``--all`` every method of the setting in the CSV (``--no-ants --all`` only re-reports).
 
 Usage::
 
@@ -291,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ITK)")
     p.add_argument("--out", type=Path, default=None, help="default results/baselines_<setting>")
     p.add_argument("--force", action="store_true", help="recompute methods already in the CSV")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="report every method of this setting in the CSV, not only the requested ones",
+    )
     p.add_argument("--no-plot", action="store_true")
     return p
 
@@ -442,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 details=details,
             )
 
-    chosen = [rows[m] for m in requested if m in rows]
+    chosen = list(rows.values()) if args.all else [rows[m] for m in requested if m in rows]
     chosen_pairs = [r for r in pair_rows if r["method"] in {m["method"] for m in chosen}]
     write_markdown(args.out / "baselines.md", args, dataset, chosen, len(pairs))
     if not args.no_plot:

@@ -169,6 +169,15 @@ def test_baselines(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> Non
     for method in expected:
         assert f"| {method} |" in md
     assert (tmp_path / "baselines.png").is_file()
+    # a later call reports only its own methods, or with --all every method in the CSV
+    again = ["--setting", "3d", "--data", str(tiny_dataset), "--no-ants", "--out", str(tmp_path)]
+    assert baselines.main([*again, "--no-plot"]) == 0
+    md = (tmp_path / "baselines.md").read_text()
+    assert "| affine only |" in md and "| unet-xca |" not in md
+    assert baselines.main([*again, "--no-plot", "--all"]) == 0
+    md = (tmp_path / "baselines.md").read_text()
+    assert all(f"| {method} |" in md for method in expected)
+    assert {r["method"] for r in _rows(tmp_path / "baselines.csv")} == expected
 
 
 def test_baselines_reports_a_failing_model(
