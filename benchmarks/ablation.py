@@ -22,7 +22,9 @@ row per cell and seed), ``ablation_pairs.csv`` (one row per cell, seed and pair,
 ``identity`` rows of affine-only alignment), ``ablation.md`` (mean ± std over seeds),
 ``ablation.png`` (Dice box plot per method; Dice vs inference time) and ``runs/<cell>/`` (the
 run directories). Resumable: a cell whose row is in ``ablation.csv`` is skipped, an
-interrupted training run continues from its ``checkpoints/last``.
+interrupted training run continues from its ``checkpoints/last``. ``--report`` trains nothing
+and builds the tables and figure from the cells already in ``ablation.csv`` (the others are
+listed as not run), e.g. after merging the CSVs of runs made in separate processes.
 
 Usage::
 
@@ -30,6 +32,7 @@ Usage::
     python benchmarks/ablation.py --setting 3d --small --minutes 30 --hosts pyramid,unet \
         --attentions maxca,none --device cuda
     python benchmarks/ablation.py --setting 2d --small --steps 20 --seeds 0     # smoke run
+    python benchmarks/ablation.py --setting 2d --small --steps 1000 --seeds 0,1,2 --report
 """
 
 from __future__ import annotations
@@ -395,6 +398,7 @@ def write_markdown(
     ident: list[dict[str, Any]],
     missing: list[str],
     comparisons: Sequence[dict[str, Any]] = (),
+    not_run: Sequence[str] = (),
 ) -> None:
     """``ablation.md``: what was run, the affine-only reference and the summary table."""
     from _common import atomic_write_text
@@ -437,6 +441,8 @@ def write_markdown(
         ]
     if missing:
         lines += ["", f"Cells not done (failed): {', '.join(missing)}."]
+    if not_run:
+        lines += ["", f"Cells not run (left out of the table): {', '.join(not_run)}."]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -521,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="default results/ablation_<setting>")
     p.add_argument("--progress", action="store_true", help="show the trainer's progress bar")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: tables and figure from the cells already in ablation.csv",
+    )
     return p
 
 
@@ -578,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     cells = [(h, k, s) for h in hosts for k in kinds for s in seeds]
     failed: list[str] = []
+    not_run: list[str] = []
     for i, (host, kind, seed) in enumerate(cells, 1):
         name = cell_name(host, kind, seed)
         old = [r for r in rows if _key(r) == (host, kind, str(seed))]
@@ -591,6 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 print(f"[{i}/{len(cells)}] {name}: done already, skipped")
+            continue
+        if args.report:
+            print(f"[{i}/{len(cells)}] {name}: not in {csv_path.name} (--report: not trained)")
+            not_run.append(name)
             continue
         print(f"[{i}/{len(cells)}] {name}: training ...", flush=True)
         t0 = time.perf_counter()
@@ -620,7 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     comparisons = paired_comparisons(chosen, [r for r in pair_rows if _key(r) in requested])
     write_csv(csv_path, others + rows, COLUMNS)
     write_csv(pairs_path, other_pairs + ident + pair_rows, PAIR_COLUMNS)
-    write_markdown(args.out / "ablation.md", args, dataset, agg, ident, failed, comparisons)
+    write_markdown(
+        args.out / "ablation.md", args, dataset, agg, ident, failed, comparisons, not_run
+    )
     if not args.no_plot:
         chosen_pairs = [r for r in pair_rows if _key(r) in requested]
         title = f"{args.setting.upper()}: Dice per pair ({len(pairs)} pairs x seeds)"
@@ -636,6 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nwrote {csv_path}, {pairs_path.name}, ablation.md"
         + ("" if args.no_plot else ", ablation.png")
     )
+    if not_run:
+        print(f"cells not run: {', '.join(not_run)}")
     if failed:
         print(f"failed cells: {', '.join(failed)}")
         return 1

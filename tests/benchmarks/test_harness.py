@@ -274,3 +274,18 @@ def test_paired_comparisons_known_answer() -> None:
     assert c["p_wilcoxon"] == pytest.approx(wilcoxon(d).pvalue)
     table = ablation.comparison_rows(out)
     assert table[0][1] == "maxca − none" and table[0][4] == "2/3"
+
+
+def test_ablation_report_trains_nothing(ablation_2d: Path, tiny_dataset: Path) -> None:
+    before = (ablation_2d / "ablation.csv").read_text()
+    argv = [
+        "--setting", "2d", "--data", str(tiny_dataset), "--slices", "2", "--slice-step", "3",
+        "--small", "--steps", "2", "--seeds", "0,1", "--attentions", "maxca,none",
+        "--threads", "1", "--device", "cpu", "--out", str(ablation_2d), "--no-plot", "--report",
+    ]  # fmt: skip
+    assert ablation.main(argv) == 0
+    assert (ablation_2d / "ablation.csv").read_text() == before
+    assert not any((ablation_2d / "runs").glob("*-s1"))
+    md = (ablation_2d / "ablation.md").read_text()
+    assert "Cells not run (left out of the table): pyramid-maxca-s1" in md
+    assert re.search(r"^\| unet \| maxca \| 1 \| \d\.\d{3} \|", md, re.M)
