@@ -633,14 +633,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {(h, k): j for j, (h, k) in enumerate((h, k) for h in hosts for k in kinds)}
     chosen.sort(key=lambda r: (order[(r["host"], r["attention"])], int(r["seed"])))
     agg = aggregate(chosen)
-    comparisons = paired_comparisons(chosen, [r for r in pair_rows if _key(r) in requested])
+    chosen_pairs = [r for r in pair_rows if _key(r) in requested]
+    comparisons = paired_comparisons(chosen, chosen_pairs)
     write_csv(csv_path, others + rows, COLUMNS)
     write_csv(pairs_path, other_pairs + ident + pair_rows, PAIR_COLUMNS)
     write_markdown(
         args.out / "ablation.md", args, dataset, agg, ident, failed, comparisons, not_run
     )
     if not args.no_plot:
-        chosen_pairs = [r for r in pair_rows if _key(r) in requested]
         title = f"{args.setting.upper()}: Dice per pair ({len(pairs)} pairs x seeds)"
         plot(args.out / "ablation.png", agg, ident + chosen_pairs, title)
     dice, _ = nan_mean_std(r["dice"] for r in ident)

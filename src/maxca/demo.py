@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from maxca import __version__
+from maxca._atomic import atomic_write_text
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -134,9 +135,7 @@ def _prepare_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
 
 def _write_record(path: Path, record: Mapping[str, Any]) -> None:
     """Write ``demo.json`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
 def demo_config(
