@@ -60,6 +60,7 @@ SIMILARITIES = ("ncc", "mse")
 SCHEDULES = ("constant", "cosine", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 VAL_SPLITS = ("registration_val", "registration_test")
+SYNTH_MODES = ("labels",)
 
 
 def _choice(value: Any, key: str, choices: Sequence[str]) -> None:
@@ -118,6 +119,10 @@ class DataConfig:
         val_pairs: validation pairs: ``registration_val``/``registration_test`` (from the
             dataset json), a list of ``[fixed, moving]`` image paths, or ``null`` (none).
         max_val_pairs: validate on at most this many pairs (``null``: all).
+        synth: ``labels`` to train on images synthesised afresh from the training label maps
+            at every step (random contrast, bias, blur, resolution, noise and deformation;
+            ``maxca.data.labelsynth``): contrast-agnostic training, needs label maps and
+            ``loss.weights.dice > 0``; ``null`` (default) trains on the images as read.
     """
 
     path: str | None = None
@@ -134,9 +139,14 @@ class DataConfig:
     batch_size: int = 1
     val_pairs: str | list[list[str]] | None = "registration_val"
     max_val_pairs: int | None = None
+    synth: str | None = None
 
     def __post_init__(self) -> None:
         _choice(self.pairs, "data.pairs", PAIR_MODES)
+        if self.synth is not None:
+            _choice(self.synth, "data.synth", SYNTH_MODES)
+            if self.augment:
+                raise MaxcaInputError("data.augment cannot be combined with data.synth")
         _choice(self.resize, "data.resize", RESIZE_MODES)
         if self.normalise is not None:
             _choice(self.normalise, "data.normalise", NORMALISATIONS)
@@ -306,6 +316,10 @@ class ExperimentConfig:
         _choice(self.amp, "amp", AMP_MODES)
         if self.num_threads is not None and self.num_threads < 1:
             raise MaxcaInputError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.data.synth is not None and not self.loss.weights.dice > 0:
+            raise MaxcaInputError(
+                "data.synth=labels trains on label maps: set loss.weights.dice > 0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""

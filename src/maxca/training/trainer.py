@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
 from maxca.data.dataset import as_dataset
+from maxca.data.labelsynth import SynthPairDataset
 from maxca.errors import MaxcaInputError
 from maxca.losses import RegistrationLoss, one_hot
 from maxca.metrics.jacobian import njd_percent
@@ -202,16 +203,22 @@ class Trainer:
             cache=cfg.data.cache,
             spatial_dims=None if shape is None else len(shape),
         )
-        self.train_data = PairDataset(
-            self.dataset,
+        train_options: dict[str, Any] = dict(
             mode=cfg.data.pairs,
-            augment=bool(cfg.data.augment),
             num_pairs_per_epoch=cfg.data.pairs_per_epoch,
             seed=cfg.seed,
             atlas=cfg.data.atlas,
-            use_labels=self.use_dice_loss,
             **common,
         )
+        if cfg.data.synth == "labels":  # images drawn from the label maps at every step
+            self.train_data: PairDataset = SynthPairDataset(self.dataset, **train_options)
+        else:
+            self.train_data = PairDataset(
+                self.dataset,
+                augment=bool(cfg.data.augment),
+                use_labels=self.use_dice_loss,
+                **train_options,
+            )
         self.val_data = self._validation_data(common) if self.is_main else None
         first_image, first_label = self.train_data.load_subject(0)
         self.grid_shape = tuple(int(s) for s in first_image.shape)
