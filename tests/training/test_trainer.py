@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import maxca.training.checkpoint as checkpoint_module
+import maxca.models.checkpoint as checkpoint_module
 from maxca.errors import MaxcaInputError
 from maxca.training import (
     NonFiniteLossError,
