@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from maxca.models.checkpoint import CheckpointInfo
     from maxca.models.preprocessing import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -489,7 +490,7 @@ def fresh_checkpoint(
 
 def evaluate_model(
     model: Any,
-    info: Any,
+    info: CheckpointInfo | Preprocessing | None,
     pairs: Sequence[LoadedPair],
     labels: Sequence[int] | None,
     device: str = "cpu",
