@@ -161,9 +161,10 @@ def _score(
     """Metrics of a registration with fixed and moving label maps (``metrics.json``).
 
     Dice before is between the fixed labels and the moving labels resampled onto the fixed grid
-    by the identity (nearest); Dice after uses the warped labels. The folding percentage
-    (``det J <= 0``) and SDlogJ are those of the flow on the fixed grid. HD95 is left to
-    ``maxca evaluate`` (it costs far more than the registration at 1 mm).
+    by the identity (nearest); Dice after uses the warped labels. Dice after, the folding
+    percentage (``det J <= 0``) and SDlogJ of the flow on the fixed grid come from
+    :func:`maxca.metrics.evaluate_pair` (``with_hd95=False``): HD95 is left to ``maxca evaluate``
+    (it costs far more than the registration at 1 mm).
 
     Args:
         result: a registration with ``fixed_labels`` and ``warped_labels``.
