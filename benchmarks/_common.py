@@ -7,7 +7,7 @@ What lives here, so that the three scripts measure the same thing the same way:
   (:func:`build_slice_dataset`);
 * **metrics**: one function scores every method, :func:`score_flow`: the moving label map is
   carried onto the fixed grid by a voxel flow with nearest neighbour through both affines and
-  scored by :func:`maxca.inference.evaluate.evaluate_flow` (Dice, HD95 in mm, % of voxels with
+  scored by :func:`maxca.inference.evaluate_flow` (Dice, HD95 in mm, % of voxels with
   ``det J <= 0``, SDlogJ; definitions in ``docs/metrics.md``);
 * **ANTs**: importing ANTsPy when it is installed (:func:`import_ants`), its named settings
   (:data:`ANTS_PRESETS`), running it on one pair (:func:`ants_register`) and turning its
@@ -35,9 +35,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from maxca.models.checkpoint import CheckpointInfo
+    from maxca.models.preprocessing import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -215,7 +219,7 @@ def load_pairs(pairs: Iterable[EvalPair]) -> list[LoadedPair]:
 def score_flow(pair: LoadedPair, flow: np.ndarray, labels: Sequence[int] | None) -> Any:
     """Score one registration given as a voxel flow ``(d, *S_f)`` on the fixed grid.
 
-    The single metric path of every benchmark: :func:`maxca.inference.evaluate.evaluate_flow`
+    The single metric path of every benchmark: :func:`maxca.inference.evaluate_flow`
     (moving labels warped with nearest neighbour through both affines; Dice, HD95 in mm,
     folding %, SDlogJ).
 
@@ -440,24 +444,25 @@ def host_options(host: str, small: bool) -> dict[str, Any]:
 
 def data_record(
     shape: Sequence[int], spacing: Sequence[float], normalise: str = "minmax"
-) -> dict[str, Any]:
-    """A checkpoint ``data`` entry for a model grid (the keys the trainer writes)."""
-    return {
-        "shape": [int(s) for s in shape],
-        "spacing": [float(s) for s in spacing],
-        "spatial_dims": len(shape),
-        "in_channels": 1,
-        "normalise": normalise,
-        "normalize": normalise,
-        "percentiles": [1.0, 99.0],
-        "resize": "resample",
-        "label_ids": [],
-        "loss": {
+) -> Preprocessing:
+    """The preprocessing record of a model grid (what the trainer writes into a checkpoint)."""
+    from maxca.models.preprocessing import Preprocessing
+
+    return Preprocessing(
+        shape=tuple(int(s) for s in shape),
+        spacing=tuple(float(s) for s in spacing),
+        spatial_dims=len(shape),
+        in_channels=1,
+        normalise=normalise,
+        percentiles=(1.0, 99.0),
+        resize="resample",
+        label_ids=(),
+        loss={
             "similarity": "ncc",
             "window": 9,
             "weights": {"similarity": 1.0, "diffusion": 1.0, "bending": 0.0, "dice": 0.0},
         },
-    }
+    )
 
 
 def fresh_checkpoint(
@@ -485,7 +490,7 @@ def fresh_checkpoint(
 
 def evaluate_model(
     model: Any,
-    info: Any,
+    info: CheckpointInfo | Preprocessing | None,
     pairs: Sequence[LoadedPair],
     labels: Sequence[int] | None,
     device: str = "cpu",

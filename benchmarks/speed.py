@@ -128,8 +128,8 @@ def time_ours(
     repeats: int,
 ) -> dict[str, Any]:
     """Load the model and register the pair ``1 + repeats`` times with ``register_files``."""
+    from maxca.app import load_model, register_files
     from maxca.data import read_volume
-    from maxca.inference import load_model, register_files
     from maxca.models import count_parameters
 
     sync(device)

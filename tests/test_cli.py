@@ -17,7 +17,7 @@ import torch
 
 from maxca import __version__, cli
 from maxca.models import create_model
-from maxca.training.checkpoint import save_checkpoint
+from maxca.models.checkpoint import save_checkpoint
 
 SHAPE = (16, 20, 24)
 AFF = np.array([[-2.0, 0, 0, 15], [0, 0, 2.0, -23], [0, -2.0, 0, 19], [0, 0, 0, 1]])  # LIA 2 mm
@@ -310,12 +310,12 @@ def test_evaluate_one_pair_hand_computed(tmp_path, capsys):
 
 
 def test_unexpected_error_exits_1(files, tmp_path, monkeypatch, capsys):
-    import maxca.inference.pipeline as pipeline
+    import maxca.app as app
 
     def broken(*args, **kwargs):
         raise RuntimeError("something odd")
 
-    monkeypatch.setattr(pipeline, "register_files", broken)
+    monkeypatch.setattr(app, "register_files", broken)
     assert _run(_register_args(files, tmp_path / "o")) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: something odd" in err and err.count("\n") == 1
@@ -325,10 +325,10 @@ def test_train_and_demo_are_wired(monkeypatch, capsys, tmp_path):
     calls = {}
     trainer = types.ModuleType("maxca.training.trainer")
     trainer.main_train = lambda config, overrides: calls.setdefault("train", (config, overrides))
-    demo = types.ModuleType("maxca.demo")
+    demo = types.ModuleType("maxca.app.demo")
     demo.run_demo = lambda **kw: calls.setdefault("demo", kw)
     monkeypatch.setitem(sys.modules, "maxca.training.trainer", trainer)
-    monkeypatch.setitem(sys.modules, "maxca.demo", demo)
+    monkeypatch.setitem(sys.modules, "maxca.app.demo", demo)
     assert _run(["train", "cfg.yaml", "train.steps=3", "model.name=unet"]) == 0
     assert calls["train"] == ("cfg.yaml", ["train.steps=3", "model.name=unet"])
     assert _run(["demo", "--out", tmp_path, "--steps", "5", "--seed", "1"]) == 0

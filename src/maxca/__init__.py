@@ -8,13 +8,12 @@ Short, explicit public API::
     maxca.load_checkpoint, maxca.save_checkpoint                   # models on disk
 """
 
-__version__ = "0.1.0"
-
+from maxca._version import __version__
 from maxca.errors import MaxcaError, MaxcaInputError
 from maxca.layers import ATTENTION_KINDS, MAXCA, make_attention
 from maxca.models import RegistrationOutput, count_parameters, create_model, list_models
+from maxca.models.checkpoint import load_checkpoint, save_checkpoint
 from maxca.spatial import compose, integrate_velocity, resize_flow, warp
-from maxca.training.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
     "ATTENTION_KINDS",

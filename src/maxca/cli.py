@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from maxca import __version__
+from maxca._version import __version__
 from maxca.errors import MaxcaInputError
 from maxca.runtime import tune_cpu_allocator
 
@@ -89,8 +89,7 @@ def _print_pair(report: Any, prefix: str = "  ") -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from maxca.inference._output import check_output_dir
-    from maxca.inference.pipeline import load_model, register_dataset, register_files
+    from maxca.app import check_output_dir, load_model, register_dataset, register_files
 
     single = args.fixed is not None or args.moving is not None
     if args.dataset is not None and (single or args.moving_labels or args.fixed_labels):
@@ -147,8 +146,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from maxca.inference._output import check_output_dir
-    from maxca.inference.evaluate import evaluate_dataset, evaluate_files, write_evaluation
+    from maxca.app import check_output_dir, evaluate_dataset, evaluate_files, write_evaluation
     from maxca.metrics import summarize
 
     single = any(v is not None for v in (args.fixed_labels, args.moving_labels, args.flow))
@@ -212,7 +210,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from maxca.inference.pipeline import show_results
+    from maxca.app import show_results
 
     path = show_results(args.results, args.out)
     print(f"wrote {path}")
@@ -228,7 +226,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from maxca.demo import run_demo
+    from maxca.app.demo import run_demo
 
     options = {
         key: getattr(args, key)

@@ -20,3 +20,12 @@ def check(condition: bool, message: str) -> None:
     """Raise :class:`MaxcaInputError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise MaxcaInputError(message)
+
+
+class MissingDependencyError(MaxcaInputError, ImportError):
+    """A feature needs an optional dependency that is not installed.
+
+    Its message names the feature and the extra that installs it, e.g.
+    ``HD95 needs MONAI, which is not installed: pip install "maxca[hd95]"``. It is both a
+    :class:`MaxcaInputError` (the CLI exits 2 with that one line) and an ``ImportError``.
+    """

@@ -22,7 +22,7 @@ from maxca.data import random_smooth_deformation, read_volume
 from maxca.inference import itk_displacement_image, warp_volume
 from maxca.metrics import dice
 from maxca.models import RegistrationHead, create_model
-from maxca.training.checkpoint import CheckpointInfo
+from maxca.models.checkpoint import CheckpointInfo
 
 from .conftest import LABELS, SHAPE, lia_affine
 

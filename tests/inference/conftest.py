@@ -105,7 +105,7 @@ def tiny_model(spatial_dims: int = 3) -> nn.Module:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny 3-D model with a 2 mm, 16x20x24 model grid."""
-    from maxca.training.checkpoint import save_checkpoint
+    from maxca.models.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "model"
     data = {"shape": [16, 20, 24], "spacing": [2.0, 2.0, 2.0], "normalise": "minmax"}

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from maxca.app.registration import pair_metrics
 from maxca.data.io import Volume
 from maxca.errors import MaxcaInputError
 from maxca.inference import model_grid, register_pair, resolve_device
-from maxca.inference.pipeline import pair_metrics
-from maxca.training.checkpoint import load_checkpoint
+from maxca.models.checkpoint import load_checkpoint
 
 from .conftest import (
     SHAPE,

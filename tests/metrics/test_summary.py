@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -52,6 +53,18 @@ def test_evaluate_pair_maxca_definitions(pair, tmp_path):
     assert res.njd_percent == 0.0 and res.sdlogj == 0.0
     np.testing.assert_allclose(res.tre, [0.0, math.hypot(3, 3, 3 * 2.0)])
     assert res.hd95_unit == "mm"
+
+
+@pytest.mark.parametrize("l2r_compat", [False, True])
+def test_evaluate_pair_without_hd95_scores_the_rest_identically(pair, monkeypatch, l2r_compat):
+    fixed, warped, moving, flow = pair
+    args = (fixed, warped, flow, (1.0, 1.0, 2.0), [1, 2])
+    full = evaluate_pair(*args, l2r_compat=l2r_compat, moving_label=moving)
+    monkeypatch.setitem(sys.modules, "monai.metrics", None)  # HD95 is not even imported
+    fast = evaluate_pair(*args, l2r_compat=l2r_compat, moving_label=moving, with_hd95=False)
+    assert all(math.isnan(fast.hd95[k]) for k in (1, 2)) and full.hd95[2] == 0.0
+    assert fast.dice == full.dice and fast.labels == full.labels
+    assert (fast.njd_percent, fast.sdlogj) == (full.njd_percent, full.sdlogj)
 
 
 def test_evaluate_pair_l2r_compat(pair):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import maxca.training.checkpoint as checkpoint_module
+import maxca.models.checkpoint as checkpoint_module
 from maxca.errors import MaxcaInputError
 from maxca.training import (
     NonFiniteLossError,
@@ -91,6 +91,8 @@ def test_training_lowers_loss_and_writes_run(tiny_overrides: list[str]) -> None:
     assert info.data["shape"] == [32, 32] and info.data["label_ids"] == [1, 2, 3]
     assert info.data["normalise"] == "minmax" and info.data["spacing"] == [1.0, 1.0]
     assert info.data["loss"]["similarity"] == "ncc" and info.data["loss"]["window"] == 5
+    assert "normalize" not in info.data  # one spelling; the typed record reads the same
+    assert info.preprocessing.shape == (32, 32) and info.preprocessing.label_ids == (1, 2, 3)
     # the best weights reproduce the recorded Dice
     trainer.module.load_state_dict(best_model.state_dict())
     assert trainer.validate()["val_dice"] == pytest.approx(max(dices), abs=1e-6)

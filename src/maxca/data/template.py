@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from maxca._atomic import atomic_write_text
+from maxca._optional import require
 from maxca.data.io import Volume, write_volume
 from maxca.data.synth import random_bias_field, random_smooth_deformation
 from maxca.data.transforms import resample_volume
@@ -52,10 +53,7 @@ def load_template(spacing_mm: float = 3.0, margin_vox: int = 2) -> Template:
     The volume is cropped to the brain's bounding box (plus ``margin_vox``) and resampled to
     ``spacing_mm`` isotropic voxels. Labels: see the module docstring.
     """
-    try:
-        from nilearn import datasets
-    except ImportError as exc:  # pragma: no cover - nilearn is a dependency
-        raise MaxcaInputError("the demo template needs nilearn (pip install nilearn)") from exc
+    datasets = require("nilearn.datasets", "demo", "the demo template")
     t1 = datasets.load_mni152_template(resolution=2)
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32)
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), np.float32)

@@ -4,18 +4,15 @@
   affines), :class:`RegistrationResult`.
 * :mod:`~maxca.inference.refine`: :func:`refine_flow` (instance optimisation).
 * :mod:`~maxca.inference.export`: ITK/ANTs (LPS mm) and Learn2Reg (voxel) displacement files.
-* :mod:`~maxca.inference.evaluate`: scoring flows and ``disp_*`` folders from files.
-* :mod:`~maxca.inference.pipeline`: results folders for ``maxca register`` / ``maxca show``.
+* :mod:`~maxca.inference.evaluate`: scoring a voxel flow (:func:`evaluate_flow`).
+
+Files in, files out (``maxca register``/``evaluate``/``show``) is the application layer,
+:mod:`maxca.app`, which this package never imports.
 
 Conventions: docs/conventions.md.
 """
 
-from maxca.inference.evaluate import (
-    evaluate_dataset,
-    evaluate_files,
-    evaluate_flow,
-    write_evaluation,
-)
+from maxca.inference.evaluate import evaluate_flow
 from maxca.inference.export import (
     itk_displacement_image,
     l2r_case_id,
@@ -24,14 +21,6 @@ from maxca.inference.export import (
     write_itk_displacement,
     write_l2r_displacement,
     write_voxel_flow,
-)
-from maxca.inference.pipeline import (
-    PairReport,
-    load_model,
-    pair_metrics,
-    register_dataset,
-    register_files,
-    show_results,
 )
 from maxca.inference.refine import refine_flow
 from maxca.inference.register import (
@@ -46,27 +35,18 @@ from maxca.inference.register import (
 
 __all__ = [
     "ModelGrid",
-    "PairReport",
     "RegistrationResult",
-    "evaluate_dataset",
-    "evaluate_files",
     "evaluate_flow",
     "itk_displacement_image",
     "l2r_case_id",
     "l2r_disp_name",
-    "load_model",
     "model_grid",
-    "pair_metrics",
     "read_voxel_flow",
     "refine_flow",
-    "register_dataset",
-    "register_files",
     "register_pair",
     "resample_to_grid",
     "resolve_device",
-    "show_results",
     "warp_volume",
-    "write_evaluation",
     "write_itk_displacement",
     "write_l2r_displacement",
     "write_voxel_flow",

@@ -38,6 +38,8 @@ from scipy import ndimage
 from maxca.data.io import Volume, check_same_grid
 from maxca.data.transforms import NORMALISATIONS, normalize_intensity
 from maxca.errors import MaxcaInputError
+from maxca.models.checkpoint import CheckpointInfo
+from maxca.models.preprocessing import Preprocessing
 from maxca.spatial import identity_grid, integrate_velocity
 
 __all__ = [
@@ -91,10 +93,11 @@ def _per_axis(value: Any, d: int, name: str, integer: bool) -> np.ndarray:
     return arr
 
 
-def model_grid(fixed: Volume, data: Mapping[str, Any] | None) -> ModelGrid:
+def model_grid(fixed: Volume, data: Preprocessing | Mapping[str, Any] | None) -> ModelGrid:
     """The model grid for a fixed image: orientation of ``fixed``, size from ``data``.
 
-    ``data`` is the checkpoint's ``data`` entry. With ``shape`` and ``spacing`` both given the
+    ``data`` is the checkpoint's :class:`~maxca.models.preprocessing.Preprocessing` (or its
+    ``data`` entry as a mapping). With ``shape`` and ``spacing`` both given the
     grid has exactly that shape and spacing; with only ``shape`` its spacing spreads the fixed
     image's extent over ``shape`` voxels (cells); with only ``spacing`` the shape is the fixed
     extent divided by it (rounded); with neither the grid is the fixed image's own grid. The grid
@@ -102,18 +105,20 @@ def model_grid(fixed: Volume, data: Mapping[str, Any] | None) -> ModelGrid:
 
     Args:
         fixed: the fixed image ``(*S_f)`` with its affine.
-        data: mapping with optional ``shape`` (``d`` ints) and ``spacing`` (``d`` mm values or
+        data: record with optional ``shape`` (``d`` ints) and ``spacing`` (``d`` mm values or
             one value for all axes).
 
     Returns:
         the :class:`ModelGrid`.
     """
-    data = data or {}
+    if isinstance(data, Preprocessing):
+        shape, spacing = data.shape, data.spacing
+    else:
+        data = data or {}
+        shape, spacing = data.get("shape"), data.get("spacing")
     d = fixed.ndim
     f_shape = np.asarray(fixed.shape, dtype=np.float64)
     f_spacing = np.asarray(fixed.spacing, dtype=np.float64)
-    shape = data.get("shape")
-    spacing = data.get("spacing")
     if shape is None and spacing is None:
         return ModelGrid(tuple(fixed.shape), fixed.affine.copy())
     if shape is not None:
@@ -399,16 +404,15 @@ class RegistrationResult:
         return warp_volume(vol, zero, self.fixed.affine, kind)[0, 0].numpy()
 
 
-def _normalisation(data: Mapping[str, Any]) -> tuple[str | None, tuple[float, float]]:
-    mode = data.get("normalise", data.get("normalize", "minmax"))
-    if mode in (None, "none", "null", False):
+def _normalisation(prep: Preprocessing) -> tuple[str | None, tuple[float, float]]:
+    mode = prep.normalise
+    if mode is None:
         return None, (1.0, 99.0)
     if mode not in NORMALISATIONS:
         raise MaxcaInputError(
             f"checkpoint data.normalise must be one of {list(NORMALISATIONS)} or null, got {mode!r}"
         )
-    pct = data.get("percentiles", (1.0, 99.0))
-    return str(mode), (float(pct[0]), float(pct[1]))
+    return str(mode), prep.percentiles
 
 
 def _check_labels(image: Volume, labels: Volume | None, what: str) -> None:
@@ -423,16 +427,16 @@ def _check_labels(image: Volume, labels: Volume | None, what: str) -> None:
     check_same_grid(image, labels, f"{what} label map grid differs from its image")
 
 
-def _spatial_dims(model: nn.Module, info: Any) -> int | None:
+def _spatial_dims(model: nn.Module, prep: Preprocessing) -> int | None:
     dims = getattr(model, "spatial_dims", None)
     if dims is None:
-        dims = (getattr(info, "data", None) or {}).get("spatial_dims")
+        dims = prep.spatial_dims
     return None if dims is None else int(dims)
 
 
 def register_pair(
     model: nn.Module,
-    info: Any,
+    info: CheckpointInfo | Preprocessing | None,
     fixed: Volume,
     moving: Volume,
     moving_labels: Volume | None = None,
@@ -448,21 +452,23 @@ def register_pair(
 
     Args:
         model: a registration network, ``model(fixed (1, 1, *S_g), moving) -> RegistrationOutput``.
-        info: the :class:`~maxca.training.checkpoint.CheckpointInfo` (its ``data`` gives the model
-            grid ``shape``/``spacing`` and the ``normalise`` mode; ``None`` = the fixed grid,
-            min-max normalisation).
+        info: the :class:`~maxca.models.checkpoint.CheckpointInfo` of ``model`` or directly its
+            :class:`~maxca.models.preprocessing.Preprocessing` (model grid ``shape``/``spacing``,
+            ``normalise`` mode, ``percentiles``); ``None`` = the fixed grid, min-max
+            normalisation.
         fixed, moving: the images (2-D or 3-D, any grids and orientations).
         moving_labels: optional label map on the moving image's grid, warped with nearest
             neighbour.
         fixed_labels: optional label map on the fixed image's grid (kept for evaluation).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         diffeomorphic: ``True`` makes the transform diffeomorphic: a model that is not is taken to
-            predict a stationary velocity field, integrated by scaling and squaring (7 steps).
+            predict a stationary velocity field, integrated by scaling and squaring
+            (``int_steps`` of the record, 7 by default).
             ``None``/``False``: the model's flow as it is (a diffeomorphic model's is integrated).
         refine_steps: instance-optimisation steps on the model grid (0 = none), see
             :func:`maxca.inference.refine.refine_flow`.
         refine_options: keyword arguments for :func:`~maxca.inference.refine.refine_flow`
-            (``lr``, ``weights``, ``similarity``, ``window``); default from ``info.data["loss"]``.
+            (``lr``, ``weights``, ``similarity``, ``window``); default from the record's ``loss``.
 
     Returns:
         a :class:`RegistrationResult` on the fixed grid.
@@ -478,7 +484,8 @@ def register_pair(
     d = fixed.ndim
     if moving.ndim != d:
         raise MaxcaInputError(f"fixed image is {d}-D but moving image is {moving.ndim}-D")
-    dims = _spatial_dims(model, info)
+    prep = Preprocessing.of(info)
+    dims = _spatial_dims(model, prep)
     if dims is not None and dims != d:
         raise MaxcaInputError(f"the model registers {dims}-D images, got {d}-D images")
     _check_labels(fixed, fixed_labels, "fixed")
@@ -486,9 +493,8 @@ def register_pair(
     if isinstance(refine_steps, bool) or int(refine_steps) != refine_steps or refine_steps < 0:
         raise MaxcaInputError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
     dev = resolve_device(device)
-    data = dict(getattr(info, "data", None) or {})
-    grid = model_grid(fixed, data)
-    mode, percentiles = _normalisation(data)
+    grid = model_grid(fixed, prep)
+    mode, percentiles = _normalisation(prep)
 
     def prepare(volume: Volume) -> torch.Tensor:
         array = volume.array
@@ -515,14 +521,14 @@ def register_pair(
     flow = out.flow.detach()
     if diffeomorphic and not model_diffeo:
         velocity = flow
-        int_steps = 7
+        int_steps = prep.int_steps
         flow = integrate_velocity(velocity, int_steps)
     timings["network"] = time.perf_counter() - t
 
     if refine_steps:
         t = time.perf_counter()
         options = dict(refine_options or {})
-        loss_cfg = data.get("loss")
+        loss_cfg = prep.loss
         if isinstance(loss_cfg, Mapping):
             options.setdefault("similarity", loss_cfg.get("similarity", "ncc"))
             if "window" in loss_cfg:

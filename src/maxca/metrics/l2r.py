@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import correlate1d, distance_transform_edt, map_coordinates
 
+from maxca._optional import require
 from maxca.errors import MaxcaInputError
 from maxca.metrics._common import (
     ArrayLike,
@@ -179,7 +180,7 @@ def _surfel_area_table(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarr
     normals in the same order of operations as ``surface-distance``, so they match it bit for
     bit.
     """
-    from monai.metrics import utils as mu
+    mu = require("monai.metrics.utils", "hd95", "Learn2Reg-compatible HD95")
 
     kernel = np.asarray(mu.ENCODING_KERNEL[len(spacing)], dtype=np.int64)
     if len(spacing) == 2:

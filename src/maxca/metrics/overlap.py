@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maxca._optional import require
 from maxca.metrics._common import ArrayLike, as_label_map, as_labels, as_spacing
 
 __all__ = ["dice", "hd95"]
@@ -67,7 +68,8 @@ def hd95(
     b = as_label_map(b, "b", shape=a.shape)
     sp = as_spacing(spacing, a.ndim)
     labs = as_labels(labels, a, b)
-    from monai.metrics import compute_hausdorff_distance  # heavy import, only when needed
+    # heavy import, only when needed; MONAI is the optional extra maxca[hd95]
+    compute_hausdorff_distance = require("monai.metrics", "hd95", "HD95").compute_hausdorff_distance
 
     out: dict[int, float] = {}
     for lab in labs:

@@ -5,7 +5,7 @@ validation, logging and atomic checkpoints, and data-parallel training under ``t
     >>> run_dir = train(load_config("configs/brain-synth-2mm.yaml", ["budget.steps=50"]))
 """
 
-from maxca.training.checkpoint import (
+from maxca.models.checkpoint import (
     CheckpointInfo,
     load_checkpoint,
     load_optimizer_state,

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from maxca._optional import install_hint
 from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
 from maxca.data.dataset import as_dataset
 from maxca.data.labelsynth import SynthPairDataset
@@ -49,14 +50,15 @@ from maxca.losses import RegistrationLoss, one_hot
 from maxca.metrics.jacobian import njd_percent
 from maxca.metrics.overlap import dice as dice_per_label
 from maxca.models import create_model
-from maxca.spatial import warp
-from maxca.training.checkpoint import (
+from maxca.models.checkpoint import (
     META,
+    Preprocessing,
     load_checkpoint,
     load_optimizer_state,
     read_meta,
     save_checkpoint,
 )
+from maxca.spatial import warp
 from maxca.training.config import (
     BudgetConfig,
     ExperimentConfig,
@@ -516,34 +518,33 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # checkpoints and logs (rank 0)
     # ------------------------------------------------------------------------------------------
-    def data_record(self) -> dict[str, Any]:
+    def data_record(self) -> Preprocessing:
         """What inference needs to reproduce the model grid and preprocessing (the checkpoint's
         ``data``): ``shape``/``spacing`` of the model grid, ``spatial_dims``, ``in_channels``,
-        ``normalise`` (also as ``normalize``), ``percentiles``, ``resize``, ``label_ids``,
-        ``dataset`` and the training ``loss`` (similarity, window, weights)."""
+        ``normalise``, ``percentiles``, ``resize``, ``label_ids``, ``dataset`` and the training
+        ``loss`` (similarity, window, weights)."""
         d = self.config.data
         first = self.train_data.subjects[0].image
         volume = read_volume(first, "image", self.spatial_dims)
         spacing = list(volume.spacing)
         if d.resize == "resample" and d.shape is not None:
             spacing = [s * n / m for s, n, m in zip(spacing, volume.shape, self.grid_shape)]
-        return {
-            "shape": list(self.grid_shape),
-            "spacing": spacing,
-            "spatial_dims": self.spatial_dims,
-            "in_channels": 1,
-            "normalise": d.normalise,
-            "normalize": d.normalise,  # both spellings: readers may use either
-            "percentiles": [1.0, 99.0],  # PairDataset's percentile normalisation
-            "resize": d.resize,
-            "label_ids": list(self.eval_labels),
-            "dataset": d.path,
-            "loss": {  # defaults for instance optimisation at inference
+        return Preprocessing(
+            shape=tuple(int(n) for n in self.grid_shape),
+            spacing=tuple(float(s) for s in spacing),
+            spatial_dims=self.spatial_dims,
+            in_channels=1,
+            normalise=d.normalise,
+            percentiles=(1.0, 99.0),  # PairDataset's percentile normalisation
+            resize=d.resize,
+            label_ids=tuple(int(v) for v in self.eval_labels),
+            dataset=None if d.path is None else str(d.path),
+            loss={  # defaults for instance optimisation at inference
                 "similarity": self.config.loss.similarity,
                 "window": self.config.loss.window,
                 "weights": dict(vars(self.config.loss.weights)),
             },
-        }
+        )
 
     def _state(self) -> dict[str, Any]:
         p = self.progress
@@ -641,8 +642,10 @@ class Trainer:
                 self._tb = SummaryWriter(
                     str(self.run_dir / TB_NAME), purge_step=self.progress.step + 1
                 )
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                logger.warning("tensorboard is not installed: no tb/ events")
+            except ImportError:  # tensorboard is the optional extra maxca[tensorboard]
+                logger.warning(
+                    "TensorBoard is not installed: no tb/ events (%s)", install_hint("tensorboard")
+                )
         b = self.config.budget
         self._bar = tqdm(
             total=b.steps,
@@ -675,7 +678,7 @@ class Trainer:
         cfg = self.config
         p = self.progress
         self._session_start = time.monotonic()
-        self._data_record = self.data_record() if self.is_main else {}
+        self._data_record = self.data_record() if self.is_main else Preprocessing()
         self._open_outputs()
         self.dist.barrier()
         if self.is_main:

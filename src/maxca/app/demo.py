@@ -10,7 +10,7 @@ Three stages, each through the code a user runs on their own data:
 2. **training**: a small 3-D MAXCA pyramid (``pyramid_small``, ``attention: maxca``),
    unsupervised (local NCC + diffusion), with :func:`maxca.training.trainer.train`, the trainer
    behind ``maxca train``, and its progress bar;
-3. **registration**: the held-out pair with :func:`maxca.inference.pipeline.register_files`,
+3. **registration**: the held-out pair with :func:`maxca.app.registration.register_files`,
    what ``maxca register --png`` runs (warped image and labels, voxel and ITK displacement
    fields, ``metrics.json``, ``figure.png``).
 
@@ -40,8 +40,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from maxca import __version__
 from maxca._atomic import atomic_write_text
+from maxca._optional import require
+from maxca._version import __version__
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -250,14 +251,15 @@ def run_demo(
     if device not in ("auto", "cpu", "cuda"):
         raise MaxcaInputError(f"--device must be one of ['auto', 'cpu', 'cuda'], got {device!r}")
     dev = resolve_device(device)  # "cuda" without CUDA: one-line error, nothing written
+    require("nilearn.datasets", "demo", "maxca demo")  # the template: before anything is written
     if steps is None and minutes is None:
         steps = DEFAULT_STEPS
     out_dir = _prepare_output(out, overwrite)
     t_start = time.perf_counter()
 
+    from maxca.app.registration import load_model, register_files
     from maxca.data.learn2reg import load_learn2reg
     from maxca.data.template import make_template_dataset
-    from maxca.inference.pipeline import load_model, register_files
     from maxca.training.trainer import train
 
     settings = {

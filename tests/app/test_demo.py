@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from maxca import cli
-from maxca.demo import MARKER, run_demo
+from maxca.app.demo import MARKER, run_demo
 from maxca.metrics import dice
 
 TINY = {
@@ -104,7 +104,7 @@ def test_held_out_pair_is_not_trained_on(demo):
 
 
 def test_earlier_demo_is_replaced_other_folders_are_refused(tmp_path, monkeypatch, capsys):
-    import maxca.demo as demo_module
+    import maxca.app.demo as demo_module
 
     # refused: a folder with files of its own and no demo.json; nothing is touched
     other = tmp_path / "other"

@@ -16,6 +16,7 @@ dataset has label maps, ``summary.json``/``summary.md`` over the pairs.
 
 Inputs are all read and checked before anything is written, results go to a temporary sibling
 folder that replaces ``DIR`` only when complete (:class:`~maxca.inference._output.OutputDir`).
+Scores come from :func:`maxca.metrics.evaluate_pair`, the one scoring path of maxca.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from maxca import __version__
+from maxca._version import __version__
 from maxca.data.io import Volume, read_volume, write_volume
 from maxca.data.learn2reg import Learn2RegDataset, load_learn2reg
 from maxca.errors import MaxcaInputError
@@ -47,7 +48,9 @@ from maxca.inference.export import (
     write_voxel_flow,
 )
 from maxca.inference.register import RegistrationResult, register_pair, resolve_device, warp_volume
-from maxca.metrics import PairResult, dice, njd_percent, sdlogj, summarize, write_summary
+from maxca.metrics import PairResult, dice, evaluate_pair, summarize, write_summary
+from maxca.models.checkpoint import CheckpointInfo, load_checkpoint
+from maxca.models.preprocessing import Preprocessing
 
 __all__ = [
     "RESULT_FILES",
@@ -56,7 +59,6 @@ __all__ = [
     "pair_metrics",
     "register_dataset",
     "register_files",
-    "score_result",
     "show_results",
     "write_result",
 ]
@@ -128,15 +130,13 @@ class PairReport:
 
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Any]:
+) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint (run folder, checkpoint folder or ``.safetensors``) onto ``device``.
 
     Returns:
-        ``(model, info)`` from :func:`maxca.training.checkpoint.load_checkpoint`, model in eval
+        ``(model, info)`` from :func:`maxca.models.checkpoint.load_checkpoint`, model in eval
         mode.
     """
-    from maxca.training.checkpoint import load_checkpoint
-
     dev = resolve_device(device)
     model, info = load_checkpoint(path, map_location=dev)
     model.eval()
@@ -150,20 +150,21 @@ def _clean(value: float) -> float | None:
 def pair_metrics(result: RegistrationResult, labels: Sequence[int] | None = None) -> dict[str, Any]:
     """Metrics of a registration with fixed and moving label maps (``metrics.json``).
 
-    See :func:`score_result`, which also returns the :class:`~maxca.metrics.PairResult`.
+    See :func:`_score`, which also returns the :class:`~maxca.metrics.PairResult`.
     """
-    return score_result(result, labels)[0]
+    return _score(result, labels)[0]
 
 
-def score_result(
+def _score(
     result: RegistrationResult, labels: Sequence[int] | None = None, name: str = ""
 ) -> tuple[dict[str, Any], PairResult | None]:
     """Metrics of a registration with fixed and moving label maps (``metrics.json``).
 
     Dice before is between the fixed labels and the moving labels resampled onto the fixed grid
-    by the identity (nearest); Dice after uses the warped labels. The folding percentage
-    (``det J <= 0``) and SDlogJ are those of the flow on the fixed grid. HD95 is left to
-    ``maxca evaluate`` (it costs far more than the registration at 1 mm).
+    by the identity (nearest); Dice after uses the warped labels. Dice after, the folding
+    percentage (``det J <= 0``) and SDlogJ of the flow on the fixed grid come from
+    :func:`maxca.metrics.evaluate_pair` (``with_hd95=False``): HD95 is left to ``maxca evaluate``
+    (it costs far more than the registration at 1 mm).
 
     Args:
         result: a registration with ``fixed_labels`` and ``warped_labels``.
@@ -185,15 +186,16 @@ def score_result(
         labels = sorted(int(v) for v in present if v != 0)
     labels = [int(v) for v in labels]
     before = dice(fixed, result.moving_on_fixed_grid("label"), labels)
-    after = dice(fixed, result.warped_labels.array, labels)
-    scores = PairResult(
-        dice=after,
-        hd95={lab: math.nan for lab in labels},
-        njd_percent=njd_percent(result.flow),
-        sdlogj=sdlogj(result.flow),
-        name=name,
+    scores = evaluate_pair(
+        fixed,
+        result.warped_labels.array,
+        result.flow,
+        spacing=result.fixed.spacing,
         labels=labels,
+        name=name,
+        with_hd95=False,
     )
+    after = scores.dice
     mean_before = [v for v in before.values() if not math.isnan(v)]
     metrics = {
         "labels": labels,
@@ -314,16 +316,16 @@ def _read_inputs(
     return f, m, fl, ml
 
 
-def _model_ndim(model: nn.Module, info: Any) -> int | None:
+def _model_ndim(model: nn.Module, info: CheckpointInfo | None) -> int | None:
     dims = getattr(model, "spatial_dims", None)
     if dims is None:
-        dims = (getattr(info, "data", None) or {}).get("spatial_dims")
+        dims = Preprocessing.of(info).spatial_dims
     return None if dims is None else int(dims)
 
 
 def register_files(
     model: nn.Module,
-    info: Any,
+    info: CheckpointInfo | None,
     fixed: str | os.PathLike[str],
     moving: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -385,7 +387,7 @@ def register_files(
 
 def register_dataset(
     model: nn.Module,
-    info: Any,
+    info: CheckpointInfo | None,
     dataset: Learn2RegDataset | str | os.PathLike[str],
     out: str | os.PathLike[str],
     pairs: str = "registration_val",
@@ -424,7 +426,7 @@ def register_dataset(
                 f_lab = m_lab = None
             f, m, fl, ml = _read_inputs(fixed, moving, f_lab, m_lab, ndim)
             result = register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps)
-            metrics, scores = score_result(result, labels, name)
+            metrics, scores = _score(result, labels, name)
             record = {
                 "inputs": _inputs_record(
                     {

@@ -9,16 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from maxca.app import evaluate_dataset, evaluate_files, write_evaluation
 from maxca.data.io import Volume
 from maxca.errors import MaxcaInputError
-from maxca.inference import (
-    evaluate_dataset,
-    evaluate_files,
-    evaluate_flow,
-    write_evaluation,
-    write_l2r_displacement,
-    write_voxel_flow,
-)
+from maxca.inference import evaluate_flow, write_l2r_displacement, write_voxel_flow
 
 N = 10
 AFF = np.diag([2.0, 1.0, 1.0, 1.0])
