@@ -162,10 +162,18 @@ def resolve_checkpoint(path: str | os.PathLike[str], which: str = "best") -> Pat
             return cand
         # a save of `name` was interrupted between its two renames: the previous copy, moved
         # aside to `.<name>.old-<pid>`, is intact
-        old = [c for c in sorted(p.glob(f"checkpoints/.{name}.old-*")) if (c / META).exists()]
-        if old:
-            return old[-1]
+        old = [c for c in p.glob(f"checkpoints/.{name}.old-*") if (c / META).exists()]
+        if old:  # the newest copy by saved step, then write time (not the names' text order)
+            return max(old, key=_step_and_mtime)
     raise MaxcaInputError(f"no checkpoint in {p} (expected {META} + {WEIGHTS} or checkpoints/)")
+
+
+def _step_and_mtime(ckpt: Path) -> tuple[int, int]:
+    try:
+        step = int(json.loads((ckpt / META).read_text()).get("state", {}).get("step", -1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        step = -1
+    return step, (ckpt / META).stat().st_mtime_ns
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
