@@ -810,14 +810,14 @@ class Trainer:
         with _terminate_as_interrupt():
             return self._fit()
 
-    def _estimate_horizon(self, session_steps: int, first_step_clock: float) -> None:
+    def _estimate_horizon(self, session_steps: int, first_step_clock: float, now: float) -> None:
         """With a time budget: the run's expected length in steps from the measured step time
         of this session (after :data:`ESTIMATE_AFTER_STEPS` steps); drives the warm-up and the
-        progress bar's total."""
+        progress bar's total. ``now`` is rank 0's clock shared by every rank, so that every
+        rank computes the same horizon (and learning rate)."""
         b = self.config.budget
         if b.minutes is None or session_steps < ESTIMATE_AFTER_STEPS:
             return
-        now = self._elapsed()
         per_step = (now - first_step_clock) / max(1, session_steps - 1)
         if per_step <= 0:
             return
@@ -905,7 +905,7 @@ class Trainer:
                 session_steps += 1
                 if session_steps == 1:
                     first_step_clock = shared_elapsed
-                self._estimate_horizon(session_steps, first_step_clock)
+                self._estimate_horizon(session_steps, first_step_clock, shared_elapsed)
                 sums += packed[: 1 + len(self.terms)] / self.dist.world_size
                 count += 1
                 if self._bar is not None:
