@@ -80,3 +80,43 @@ def test_corrupt_or_malicious_optimizer_state_is_bad_input(tmp_path: Path, conte
         torch.save({"optimizer": _Evil()}, target)
     with pytest.raises(MaxcaInputError, match=r"optimizer state .*optimizer\.pt"):
         load_optimizer_state(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["flip", "nan"])
+def test_register_with_damaged_weights_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from maxca import cli
+
+    torch.manual_seed(0)
+    model = create_model(
+        "pyramid_small", spatial_dims=3, enc_channels=2, dec_channels=4, heads=1, region=2
+    )
+    if damage == "nan":
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] = math.nan
+    data = {"shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "normalise": "minmax"}
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoints" / "best", model, data=data)
+    if damage == "flip":
+        weights = ckpt / "model.safetensors"
+        raw = bytearray(weights.read_bytes())
+        for i in range(_data_offset(weights), _data_offset(weights) + 200):
+            raw[i] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+    image = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "img.nii.gz"))
+    argv = [
+        "register", "--model", tmp_path / "run", "--fixed", tmp_path / "img.nii.gz",
+        "--moving", tmp_path / "img.nii.gz", "--out", tmp_path / "res", "--device", "cpu",
+    ]  # fmt: skip
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("maxca: error: corrupt weights ") and "model.safetensors" in err
+    assert not (tmp_path / "res").exists()
