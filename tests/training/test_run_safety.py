@@ -264,3 +264,15 @@ def test_warmup_shortens_to_a_tenth_of_the_estimated_horizon() -> None:
     assert learning_rate(warm, budget, 0, 0.0, horizon_steps=20) == pytest.approx(5e-4)
     # a long horizon keeps the configured warm-up
     assert learning_rate(warm, budget, 49, 0.0, horizon_steps=10_000) == pytest.approx(5e-4)
+
+
+def test_resume_with_a_corrupt_optimizer_state_exits_2_naming_it(
+    tiny_overrides: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = main_train(str(TINY_CONFIG), [*tiny_overrides, "budget.steps=1", "val_every=0"])
+    (run / "checkpoints" / "last" / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")
+    argv = ["train", TINY_CONFIG, *tiny_overrides, "budget.steps=2", "resume=true"]
+    assert _run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maxca: error: ") and err.count("\n") == 1, err
+    assert "checkpoints/last/optimizer.pt" in err
