@@ -6,7 +6,8 @@ Commands: ``register`` (one pair or a Learn2Reg pair list), ``evaluate``, ``show
 Exit codes: 0 success; 2 a usage error or bad input (missing/corrupt file, wrong dimensions,
 mismatched grids, NaN voxels, a checkpoint that does not match its config, an output folder that
 already holds results...), reported as one line ``maxca: error: <message>`` on stderr; 1 an
-unexpected failure (``--debug`` prints its traceback); 130 interrupted.
+unexpected failure (``--debug`` prints its traceback); 3 training diverged; 130 interrupted
+(the contract: :mod:`maxca.errors`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from maxca._version import __version__
-from maxca.errors import MaxcaInputError
+from maxca.errors import EXIT_DIVERGED, MaxcaInputError, TrainingDivergedError
 from maxca.runtime import tune_cpu_allocator
 
 __all__ = ["build_parser", "main"]
@@ -220,8 +221,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from maxca.training.trainer import main_train
 
-    run_dir = main_train(args.config, list(args.overrides))
+    run_dir = main_train(args.config, list(args.overrides), overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from maxca.training.config import format_config_reference
+
+    print(format_config_reference())
     return EXIT_OK
 
 
@@ -330,14 +338,32 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", help="PNG file (default RESULTS/figure.png)")
     show.set_defaults(func=_cmd_show)
 
+    from maxca.training.config import format_config_reference
+
     train = sub.add_parser(
         "train",
         help="train a model from a YAML config",
         description="Train from CONFIG; key=value pairs override config entries.",
+        epilog="config keys:\n" + format_config_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="YAML experiment config")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an existing folder that is not a maxca run (replaces its "
+        "config.yaml and metrics.csv)",
+    )
     train.set_defaults(func=_cmd_train)
+
+    config = sub.add_parser(
+        "config",
+        help="list every training config key with its default and meaning",
+        description="Print the training config reference (every key, default, meaning).",
+    )
+    config.add_argument("--show", action="store_true", help="print the table (the default)")
+    config.set_defaults(func=_cmd_config)
 
     demo = sub.add_parser(
         "demo",
@@ -367,6 +393,9 @@ def _run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     except (_UsageError, MaxcaInputError, OSError) as exc:
         print(f"maxca: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingDivergedError as exc:
+        print(f"maxca: training diverged: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("maxca: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -389,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 on success. Any other outcome raises ``SystemExit`` with the exit code (2 for usage
-        errors and bad input, 1 for unexpected failures, 130 when interrupted), as argparse does.
+        errors and bad input, 1 for unexpected failures, 3 when training diverged, 130 when
+        interrupted), as argparse does.
     """
     tune_cpu_allocator()  # reuse freed activation memory (see maxca.runtime)
     code = _run(argv, build_parser())

@@ -90,7 +90,7 @@ def test_identity_stays_identity(fixed: Volume) -> None:
 
 @pytest.mark.parametrize("suffix", [".mat", ".txt"])
 def test_itk_file_round_trip_and_sitk_resampling_agree(fixed: Volume, tmp_path, suffix) -> None:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     from maxca.inference.affine import _to_sitk
 

@@ -48,7 +48,7 @@ class AffineResult:
 
 
 def _to_sitk(volume: Volume):  # noqa: ANN202 - SimpleITK image
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     d = volume.ndim
     array = np.asarray(volume.array, dtype=np.float32)
@@ -117,7 +117,7 @@ def affine_register(
     Returns:
         an :class:`AffineResult` with ``T`` in RAS mm.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     d = _check(fixed, moving)
     if shrink is None:
@@ -184,7 +184,7 @@ def write_itk_affine(
 ) -> Path:
     """Write ``T`` (RAS, fixed -> moving points) as an ITK affine transform file (``.mat``
     for ANTs, or ``.txt``/``.tfm``), in ITK's LPS convention."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     d = int(spatial_dims)
     lps = _FLIP @ np.asarray(matrix, dtype=np.float64) @ _FLIP
@@ -198,7 +198,7 @@ def write_itk_affine(
 
 def read_itk_affine(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an ITK affine/rigid transform file as a ``(4, 4)`` RAS matrix (fixed -> moving)."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     try:
         tx = sitk.ReadTransform(str(path))
