@@ -91,6 +91,7 @@ def _print_pair(report: Any, prefix: str = "  ") -> None:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     from maxca.app import check_output_dir, load_model, register_dataset, register_files
+    from maxca.pretrained import resolve_model
 
     single = args.fixed is not None or args.moving is not None
     if args.dataset is not None and (single or args.moving_labels or args.fixed_labels):
@@ -103,12 +104,15 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if value is not None and not Path(value).exists():
             raise MaxcaInputError(f"file not found: {value}")
     model, info = load_model(args.model, args.device)
+    _, packaged = resolve_model(args.model)
+    affine = args.affine if args.affine is not None else bool(packaged and packaged.affine)
     options = {
         "device": args.device,
         "diffeomorphic": True if args.diffeomorphic else None,
         "refine_steps": args.refine,
         "png": args.png,
         "overwrite": args.overwrite,
+        "affine": affine,
     }
     if args.dataset is None:
         report = register_files(
@@ -233,6 +237,22 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from maxca.layers import ATTENTION_KINDS
+    from maxca.models import list_models
+    from maxca.pretrained import list_pretrained
+
+    print("packaged models (maxca register --model NAME):")
+    for spec in list_pretrained():
+        state = "" if spec.available else "  [weights missing: reinstall maxca]"
+        print(f"  {spec.name:<8} {spec.description}{state}")
+        print(f"  {'':<8} for: {spec.intended_use}; affine pre-alignment by default: "
+              f"{'yes' if spec.affine else 'no'}")  # fmt: skip
+    print(f"architectures (maxca.create_model): {', '.join(list_models())}")
+    print(f"attention kinds (attention=...): {', '.join(ATTENTION_KINDS)}")
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from maxca.app.demo import run_demo
 
@@ -273,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="register a pair (or a Learn2Reg pair list) with a trained model",
         description="Register moving to fixed; writes warped image/labels, voxel flow, ITK field.",
     )
-    reg.add_argument("--model", required=True, help="run directory, checkpoint dir or .safetensors")
+    reg.add_argument(
+        "--model",
+        required=True,
+        help="run directory, checkpoint dir, .safetensors, or a packaged model (`maxca models`)",
+    )
     reg.add_argument("--fixed", help="fixed image (NIfTI, .mha, .nrrd)")
     reg.add_argument("--moving", help="moving image")
     reg.add_argument("--moving-labels", help="moving label map (grid of the moving image)")
@@ -298,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="STEPS",
         help="instance optimisation steps on the model grid (default 0)",
+    )
+    reg.add_argument(
+        "--affine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="affine pre-alignment of moving to fixed (SimpleITK, any contrast) before the "
+        "network; writes affine.mat and the deformable field too (default: on for packaged "
+        "models that ask for it, e.g. brain; off otherwise)",
     )
     reg.add_argument("--png", action="store_true", help="also write figure.png")
     reg.add_argument("--overwrite", action="store_true", help="replace results in --out")
@@ -364,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("--show", action="store_true", help="print the table (the default)")
     config.set_defaults(func=_cmd_config)
+
+    models = sub.add_parser(
+        "models",
+        help="list the packaged trained models, architectures and attention kinds",
+        description="Packaged models work offline: maxca register --model brain ...",
+    )
+    models.set_defaults(func=_cmd_models)
 
     demo = sub.add_parser(
         "demo",

@@ -6,6 +6,9 @@ One pair (:func:`register_files`) writes into ``DIR``::
     warped_labels.nii.gz   moving label map warped with nearest neighbour (with moving labels)
     flow_voxel.nii.gz      voxel displacement of the fixed grid, NIfTI vector (X, Y, Z, 1, d)
     disp_itk.nii.gz        ITK/ANTs displacement field, LPS mm, on the fixed grid
+    affine.mat             with affine pre-alignment: the ITK affine (fixed -> moving points)
+    disp_deformable_itk.nii.gz  with pre-alignment: the deformable part alone, so that
+                           ``-t affine.mat -t disp_deformable_itk.nii.gz`` == ``-t disp_itk.nii.gz``
     metrics.json           Dice before/after, folding, SDlogJ (with fixed + moving labels)
     figure.png             overview figure (with png=True)
     registration.json      inputs, model, model grid, device, timings (used by maxca show)
@@ -39,6 +42,7 @@ from maxca.data.io import Volume, read_volume, write_volume
 from maxca.data.learn2reg import Learn2RegDataset, load_learn2reg
 from maxca.errors import MaxcaInputError
 from maxca.inference._output import OutputDir, atomic_file, check_output_dir
+from maxca.inference.affine import affine_register, prealign, with_affine, write_itk_affine
 from maxca.inference.evaluate import dataset_pairs, pair_name
 from maxca.inference.export import (
     l2r_disp_name,
@@ -51,6 +55,7 @@ from maxca.inference.register import RegistrationResult, register_pair, resolve_
 from maxca.metrics import PairResult, dice, evaluate_pair, summarize, write_summary
 from maxca.models.checkpoint import CheckpointInfo, load_checkpoint
 from maxca.models.preprocessing import Preprocessing
+from maxca.pretrained import resolve_model
 
 __all__ = [
     "RESULT_FILES",
@@ -71,6 +76,8 @@ RESULT_FILES = (
     "metrics.json",
     "figure.png",
     "registration.json",
+    "affine.mat",
+    "disp_deformable_itk.nii.gz",
     "summary.json",
     "summary.md",
 )
@@ -131,13 +138,15 @@ class PairReport:
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, CheckpointInfo]:
-    """Load a checkpoint (run folder, checkpoint folder or ``.safetensors``) onto ``device``.
+    """Load a checkpoint (run folder, checkpoint folder, ``.safetensors``, or the name of a
+    packaged model, see :mod:`maxca.pretrained`) onto ``device``.
 
     Returns:
         ``(model, info)`` from :func:`maxca.models.checkpoint.load_checkpoint`, model in eval
         mode.
     """
     dev = resolve_device(device)
+    path, _ = resolve_model(path)  # a packaged model's name (``brain``) or a path
     model, info = load_checkpoint(path, map_location=dev)
     model.eval()
     return model, info
@@ -253,6 +262,14 @@ def write_result(
     written.append("flow_voxel.nii.gz")
     write_itk_displacement(folder / "disp_itk.nii.gz", result.flow, fixed.affine)
     written.append("disp_itk.nii.gz")
+    if result.affine is not None:  # pre-aligned: the chain affine + deformable field too
+        with atomic_file(folder / "affine.mat", ".mat") as tmp:
+            write_itk_affine(tmp, result.affine, fixed.ndim)
+        written.append("affine.mat")
+        if result.deformable_flow is not None:
+            name = "disp_deformable_itk.nii.gz"
+            write_itk_displacement(folder / name, result.deformable_flow, fixed.affine)
+            written.append(name)
     if metrics:
         _write_json(folder / "metrics.json", metrics)
         written.append("metrics.json")
@@ -323,6 +340,34 @@ def _model_ndim(model: nn.Module, info: CheckpointInfo | None) -> int | None:
     return None if dims is None else int(dims)
 
 
+def _register(
+    model: nn.Module,
+    info: CheckpointInfo | None,
+    f: Volume,
+    m: Volume,
+    ml: Volume | None,
+    fl: Volume | None,
+    device: str | torch.device,
+    diffeomorphic: bool | None,
+    refine_steps: int,
+    affine: bool,
+) -> RegistrationResult:
+    """:func:`register_pair`, after an affine pre-alignment of ``m`` (and ``ml``) to ``f``
+    when ``affine`` (:mod:`maxca.inference.affine`); the result then holds the total flow."""
+    if not affine:
+        return register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps)
+    t0 = time.perf_counter()
+    T = affine_register(f, m).matrix
+    seconds = time.perf_counter() - t0
+    m_pre = prealign(m, T)
+    ml_pre = None if ml is None else prealign(ml, T)
+    result = register_pair(model, info, f, m_pre, ml_pre, fl, device, diffeomorphic, refine_steps)
+    result = with_affine(result, T, m, ml)
+    result.timings["affine"] = seconds
+    result.timings["total"] = result.timings.get("total", 0.0) + seconds
+    return result
+
+
 def register_files(
     model: nn.Module,
     info: CheckpointInfo | None,
@@ -337,6 +382,7 @@ def register_files(
     png: bool = False,
     overwrite: bool = False,
     labels: Sequence[int] | None = None,
+    affine: bool = False,
 ) -> PairReport:
     """Register one pair of image files and write the results folder ``out``.
 
@@ -354,6 +400,8 @@ def register_files(
         png: draw ``figure.png``.
         overwrite: replace the results in an existing folder.
         labels: label ids for the metrics (default all non-zero).
+        affine: align the moving image affinely first (SimpleITK, any contrast; for inputs
+            that are not roughly aligned); writes ``affine.mat`` and the deformable field too.
 
     Returns:
         a :class:`PairReport`.
@@ -365,7 +413,7 @@ def register_files(
     f, m, fl, ml = _read_inputs(
         fixed, moving, fixed_labels, moving_labels, _model_ndim(model, info)
     )
-    result = register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps)
+    result = _register(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine)
     metrics = pair_metrics(result, labels)
     record = {
         "inputs": _inputs_record(
@@ -379,6 +427,7 @@ def register_files(
         "model": str(getattr(info, "path", "")),
         "diffeomorphic": bool(diffeomorphic),
         "refine_steps": int(refine_steps),
+        "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
     }
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
         files = write_result(result, tmp, metrics, png, record)
@@ -397,6 +446,7 @@ def register_dataset(
     png: bool = False,
     overwrite: bool = False,
     on_pair: Callable[[int, int, PairReport], None] | None = None,
+    affine: bool = False,
 ) -> list[PairReport]:
     """Register every pair of a Learn2Reg pair list into ``out`` (Learn2Reg submission layout).
 
@@ -408,6 +458,7 @@ def register_dataset(
 
     Args:
         on_pair: called as ``on_pair(index, total, report)`` after each pair (for progress).
+        affine: affine pre-alignment of every pair (see :func:`register_files`).
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else load_learn2reg(dataset)
     out_path = check_output_dir(out, overwrite)
@@ -425,7 +476,9 @@ def register_dataset(
             if f_lab is None or m_lab is None:
                 f_lab = m_lab = None
             f, m, fl, ml = _read_inputs(fixed, moving, f_lab, m_lab, ndim)
-            result = register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps)
+            result = _register(
+                model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine
+            )
             metrics, scores = _score(result, labels, name)
             record = {
                 "inputs": _inputs_record(
@@ -439,6 +492,7 @@ def register_dataset(
                 "model": str(getattr(info, "path", "")),
                 "diffeomorphic": bool(diffeomorphic),
                 "refine_steps": int(refine_steps),
+                "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
             }
             files = write_result(result, tmp / name, metrics, png, record)
             write_l2r_displacement(tmp / l2r_disp_name(fixed, moving), result.flow, f.affine)

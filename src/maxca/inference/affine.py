@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from maxca.data.io import Volume, _sitk_geometry
 from maxca.errors import MaxcaInputError
+from maxca.inference.register import RegistrationResult
 
-__all__ = ["AffineResult", "affine_register", "prealign", "read_itk_affine", "write_itk_affine"]
+__all__ = [
+    "AffineResult",
+    "affine_register",
+    "prealign",
+    "read_itk_affine",
+    "with_affine",
+    "write_itk_affine",
+]
 
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (an involution)
 
@@ -219,3 +227,49 @@ def read_itk_affine(path: str | os.PathLike[str]) -> np.ndarray:
     if not np.allclose(tx.TransformPoint(tuple(probe)), expected, atol=1e-6):
         raise MaxcaInputError(f"{path} holds a non-linear transform, not an affine one")
     return _FLIP @ lps @ _FLIP
+
+
+def with_affine(
+    result: RegistrationResult,
+    matrix: np.ndarray,
+    moving: Volume,
+    moving_labels: Volume | None = None,
+) -> RegistrationResult:
+    """The registration of the *original* moving image: compose the pre-alignment ``T`` with
+    the deformable result computed on :func:`prealign`-ed inputs.
+
+    For a fixed voxel ``p`` (world ``x = A_f p``) the deformable flow ``u`` gives
+    ``x + D(x) = A_f (p + u(p))``; the total map is ``y = T A_f (p + u(p))`` and the returned
+    voxel flow is ``u_total(p) = A_f^-1 y - p``, so ``warped(p) = moving(A_m^-1 A_f (p +
+    u_total(p)))`` for the original moving affine ``A_m``. The warped image and labels are
+    unchanged (they already are the moving image at ``y``); the deformable-only flow is kept
+    in ``result.deformable_flow`` for the chain ``affine + field``.
+
+    Args:
+        result: :func:`~maxca.inference.register.register_pair` on the pre-aligned moving image.
+        matrix: ``T`` (RAS, fixed -> moving points).
+        moving, moving_labels: the original (not pre-aligned) inputs.
+
+    Returns:
+        a :class:`~maxca.inference.register.RegistrationResult` with ``flow`` the total
+        displacement, ``moving``/``moving_labels`` the originals, ``affine`` = ``T`` and
+        ``deformable_flow`` = ``u``.
+    """
+    T = np.asarray(matrix, dtype=np.float64)
+    u = np.asarray(result.flow, dtype=np.float64)  # (d, *S)
+    d = u.shape[0]
+    A = np.asarray(result.fixed.affine, dtype=np.float64)
+    grid = np.stack(np.meshgrid(*(np.arange(s, dtype=np.float64) for s in u.shape[1:]),
+                                indexing="ij"))  # fmt: skip
+    K = np.linalg.pinv(A[:3, :d]) @ T[:3, :3] @ A[:3, :d]  # (d, d) voxel part of A^-1 T A
+    offset = np.linalg.pinv(A[:3, :d]) @ (T[:3, :3] @ A[:3, 3] + T[:3, 3] - A[:3, 3])
+    pts = grid + u
+    total = np.tensordot(K, pts, axes=1) + offset.reshape((d,) + (1,) * d) - grid
+    return replace(
+        result,
+        moving=moving,
+        moving_labels=moving_labels,
+        flow=total.astype(np.float32),
+        affine=T.copy(),
+        deformable_flow=np.asarray(result.flow, dtype=np.float32),
+    )

@@ -63,6 +63,7 @@ SCHEDULES = ("constant", "cosine", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 VAL_SPLITS = ("registration_val", "registration_test")
 SYNTH_MODES = ("labels",)
+SYNTH_CONTRASTS = ("independent", "shared")
 
 
 def _choice(value: Any, key: str, choices: Sequence[str]) -> None:
@@ -125,6 +126,9 @@ class DataConfig:
             at every step (random contrast, bias, blur, resolution, noise and deformation;
             ``maxca.data.labelsynth``): contrast-agnostic training, needs label maps and
             ``loss.weights.dice > 0``; ``null`` (default) trains on the images as read.
+        synth_contrast: with ``synth``: ``independent`` (default) draws the two images of a
+            pair with independent contrasts (Dice-only training); ``shared`` gives both the
+            same per-label intensities, so ``loss.weights.similarity`` (NCC) may be used too.
     """
 
     path: str | None = None
@@ -142,6 +146,7 @@ class DataConfig:
     val_pairs: str | list[list[str]] | None = "registration_val"
     max_val_pairs: int | None = None
     synth: str | None = None
+    synth_contrast: str = "independent"
 
     def __post_init__(self) -> None:
         _choice(self.pairs, "data.pairs", PAIR_MODES)
@@ -149,6 +154,7 @@ class DataConfig:
             _choice(self.synth, "data.synth", SYNTH_MODES)
             if self.augment:
                 raise MaxcaInputError("data.augment cannot be combined with data.synth")
+        _choice(self.synth_contrast, "data.synth_contrast", SYNTH_CONTRASTS)
         _choice(self.resize, "data.resize", RESIZE_MODES)
         if self.normalise is not None:
             _choice(self.normalise, "data.normalise", NORMALISATIONS)
@@ -334,6 +340,15 @@ class ExperimentConfig:
         if self.data.synth is not None and not self.loss.weights.dice > 0:
             raise MaxcaInputError(
                 "data.synth=labels trains on label maps: set loss.weights.dice > 0"
+            )
+        if (
+            self.data.synth is not None
+            and self.data.synth_contrast == "independent"
+            and self.loss.weights.similarity > 0
+        ):
+            raise MaxcaInputError(
+                "an intensity similarity between independently synthesised contrasts is "
+                "meaningless: set data.synth_contrast=shared or loss.weights.similarity=0"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from maxca._optional import install_hint
 from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
 from maxca.data.dataset import as_dataset
-from maxca.data.labelsynth import SynthPairDataset
+from maxca.data.labelsynth import LabelSynthConfig, SynthPairDataset
 from maxca.errors import MaxcaInputError, TrainingDivergedError
 from maxca.losses import RegistrationLoss, one_hot
 from maxca.metrics.jacobian import njd_percent
@@ -312,7 +312,10 @@ class Trainer:
             **common,
         )
         if cfg.data.synth == "labels":  # images drawn from the label maps at every step
-            self.train_data: PairDataset = SynthPairDataset(self.dataset, **train_options)
+            synth = LabelSynthConfig(pair_contrast=cfg.data.synth_contrast)
+            self.train_data: PairDataset = SynthPairDataset(
+                self.dataset, synth=synth, **train_options
+            )
         else:
             self.train_data = PairDataset(
                 self.dataset,
