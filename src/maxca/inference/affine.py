@@ -114,7 +114,7 @@ def affine_register(
         fixed, moving: 2-D or 3-D volumes with their RAS affines.
         shrink: down-sampling factors of the resolution levels, coarse to fine (default:
             ``(4k, 2k, k)`` with ``k`` the factor that brings the fixed image's finest spacing
-            to about ``finest_mm``).
+            to about ``finest_mm``, dropping levels with fewer than 16 voxels along an axis).
         iterations: optimiser iterations per level and stage.
         sampling: fraction of voxels the metric samples (``(0, 1]``).
         seed: seed of the metric's sampling (the result is deterministic for a seed).
@@ -130,7 +130,10 @@ def affine_register(
     d = _check(fixed, moving)
     if shrink is None:
         k = max(1, int(round(finest_mm / min(fixed.spacing))))
-        shrink = (4 * k, 2 * k, k)
+        smallest = min(min(fixed.shape), min(moving.shape))
+        # keep at least 16 voxels per axis at every level (small images get fewer levels)
+        levels = [s for s in (4 * k, 2 * k, k) if smallest // s >= 16]
+        shrink = tuple(levels) or (max(1, min(k, smallest // 16)),)
     if not 0 < sampling <= 1:
         raise MaxcaInputError(f"sampling must be in (0, 1], got {sampling!r}")
     if not shrink or any(int(s) < 1 for s in shrink):
