@@ -17,6 +17,7 @@ tensors, label maps ``(1, *S)`` integer tensors.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from maxca._checks import NORMALISATIONS
 from maxca.data.io import Volume
 from maxca.errors import MaxcaInputError
 
@@ -36,6 +38,7 @@ __all__ = [
     "augment",
     "crop_or_pad",
     "crop_or_pad_volume",
+    "normalise_intensity",
     "normalize_intensity",
     "random_affine",
     "random_flip",
@@ -46,14 +49,12 @@ __all__ = [
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
-NORMALISATIONS = ("minmax", "percentile", "zscore")
-
 
 # ----------------------------------------------------------------------------------------------
 # intensity normalisation
 
 
-def normalize_intensity(
+def normalise_intensity(
     array: np.ndarray,
     mode: Literal["minmax", "percentile", "zscore"] = "minmax",
     percentiles: tuple[float, float] = (1.0, 99.0),
@@ -104,6 +105,16 @@ def normalize_intensity(
     if hi <= lo:
         return np.zeros_like(x)
     return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def normalize_intensity(*args: Any, **kwargs: Any) -> np.ndarray:
+    """Deprecated spelling of :func:`normalise_intensity` (kept for one release)."""
+    warnings.warn(
+        "normalize_intensity is deprecated; use normalise_intensity",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return normalise_intensity(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from maxca._checks import check_flow, shape_str
 from maxca.errors import MaxcaInputError
-from maxca.spatial._checks import check_flow, shape_str
 
 __all__ = ["jacobian_determinant"]
 

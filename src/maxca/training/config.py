@@ -34,6 +34,7 @@ from typing import Any, Union
 import yaml
 
 from maxca._atomic import atomic_write_text
+from maxca._checks import DEVICES, NORMALISATIONS, PAIR_MODES, SIMILARITIES
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -53,10 +54,7 @@ __all__ = [
     "save_config",
 ]
 
-PAIR_MODES = ("random", "atlas", "pairs")
 RESIZE_MODES = ("crop_or_pad", "resample")
-NORMALISATIONS = ("minmax", "percentile", "zscore")
-SIMILARITIES = ("ncc", "mse")
 SCHEDULES = ("constant", "cosine", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 VAL_SPLITS = ("registration_val", "registration_test")
@@ -95,6 +93,32 @@ class ModelSection:
     def __post_init__(self) -> None:
         if not self.name:
             raise MaxcaInputError("model.name must be a registered model name, got empty")
+
+
+def _check_model(model: ModelSection, shape: Sequence[int] | None) -> None:
+    """Validate ``model.name`` and ``model.config`` now, before any data is read.
+
+    The options are checked by the model's own config class (as ``create_model`` would); when
+    the config gives no ``spatial_dims`` they are tried for the grid's axes (``data.shape``),
+    or for 3-D and 2-D when the grid comes from the files.
+    """
+    from maxca.models import get_default_config, list_models
+
+    if model.name not in list_models():
+        raise MaxcaInputError(f"model.name must be one of {list_models()}, got {model.name!r}")
+    options = dict(model.config)
+    if "spatial_dims" in options:
+        dims: tuple[int, ...] = (options.pop("spatial_dims"),)
+    else:
+        dims = (len(shape),) if shape else (3, 2)
+    errors = []
+    for d in dims:
+        try:
+            get_default_config(model.name, spatial_dims=d, **options)
+            return
+        except (MaxcaInputError, TypeError, ValueError) as exc:
+            errors.append(exc)
+    raise MaxcaInputError(f"model.config: {errors[0]}") from errors[0]
 
 
 @dataclass
@@ -307,7 +331,7 @@ class ExperimentConfig:
                 bound = ">= 0" if key == "val_every" else ">= 1"
                 raise MaxcaInputError(f"{key} must be {bound}, got {value}")
         if not (
-            self.device in ("auto", "cpu", "cuda")
+            self.device in DEVICES
             or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise MaxcaInputError(
@@ -320,6 +344,7 @@ class ExperimentConfig:
             raise MaxcaInputError(
                 "data.synth=labels trains on label maps: set loss.weights.dice > 0"
             )
+        _check_model(self.model, self.data.shape)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""
