@@ -41,7 +41,7 @@ from maxca.errors import MaxcaInputError
 from maxca.models.checkpoint import CheckpointInfo
 from maxca.models.preprocessing import Preprocessing
 from maxca.spatial import identity_grid, integrate_velocity
-from maxca.spatial.sample import apply_affine, sample_grid
+from maxca.spatial.sample import apply_affine, sample_grid, volume_tensor
 
 __all__ = [
     "ModelGrid",
@@ -160,18 +160,6 @@ def index_map(
 # sampling
 
 
-def _torch_spatial(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``(*S)`` numpy array -> ``(1, 1, *S)`` tensor (labels keep an integer dtype)."""
-    arr = np.ascontiguousarray(array)
-    if arr.dtype == np.uint16:
-        arr = arr.astype(np.int32)
-    elif arr.dtype in (np.uint32, np.uint64):
-        arr = arr.astype(np.int64)
-    elif arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    return torch.from_numpy(arr)[None, None].to(device)
-
-
 def resample_to_grid(
     volume: Volume,
     grid: ModelGrid,
@@ -199,7 +187,7 @@ def resample_to_grid(
         if antialias and np.any(sigma > 0):
             array = ndimage.gaussian_filter(array, sigma=sigma, mode="nearest").astype(np.float32)
     dev = torch.device(device)
-    src = _torch_spatial(array, dev)
+    src = volume_tensor(array, dev)
     base = identity_grid(grid.shape, device=dev, dtype=torch.float32)
     coords = apply_affine(B, b, base)
     mode = "linear" if kind == "image" else "nearest"
@@ -261,7 +249,7 @@ def warp_volume(
     B, b = index_map(fixed_affine, moving.affine, d)
     base = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
     coords = apply_affine(B, b, base + flow[0])
-    src = _torch_spatial(
+    src = volume_tensor(
         moving.array if kind == "label" else np.asarray(moving.array, np.float32), flow.device
     )
     return sample_grid(src, coords, "linear" if kind == "image" else "nearest", "zeros")

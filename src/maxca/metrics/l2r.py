@@ -49,8 +49,8 @@ from maxca.metrics._common import (
     as_spacing,
     shape_str,
 )
-from maxca.metrics.jacobian import determinant
 from maxca.metrics.landmarks import _as_point_pairs
+from maxca.spatial.jacobian import determinant
 
 __all__ = [
     "L2R_CROP",

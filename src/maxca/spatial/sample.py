@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from maxca._checks import check_choice, shape_str
 from maxca.errors import MaxcaInputError
 
-__all__ = ["SAMPLE_MODES", "PADDING_MODES", "sample_grid", "apply_affine", "work_dtype"]
+__all__ = [
+    "SAMPLE_MODES",
+    "PADDING_MODES",
+    "sample_grid",
+    "apply_affine",
+    "volume_tensor",
+    "work_dtype",
+]
 
 SAMPLE_MODES = ("linear", "nearest")
 PADDING_MODES = ("zeros", "border")
@@ -119,3 +126,19 @@ def sample_grid(
     if mode == "nearest" and not image.is_floating_point():
         out = out.round().to(image.dtype)
     return out
+
+
+def volume_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A ``(*S)`` numpy volume as a ``(1, 1, *S)`` tensor :func:`sample_grid` can read.
+
+    Floating arrays keep their dtype; label maps keep an integer dtype torch has (uint16 ->
+    int32, uint32/uint64 -> int64, bool -> uint8), so nearest sampling copies them exactly.
+    """
+    arr = np.ascontiguousarray(array)
+    if arr.dtype == np.uint16:
+        arr = arr.astype(np.int32)
+    elif arr.dtype in (np.uint32, np.uint64):
+        arr = arr.astype(np.int64)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    return torch.from_numpy(arr)[None, None].to(device)
