@@ -33,6 +33,7 @@ __all__ = [
     "WRITE_EXTENSIONS",
     "Volume",
     "check_same_grid",
+    "ras_lps_flip",
     "read_vector_field",
     "read_volume",
     "split_extension",
@@ -47,8 +48,21 @@ READ_EXTENSIONS = NIFTI_EXTENSIONS + SITK_EXTENSIONS
 # atomic rename of the header alone would break.
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
 
-# RAS <-> LPS: x and y change sign, z is unchanged (the matrix is its own inverse).
-_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
+
+def ras_lps_flip(size: int = 3) -> np.ndarray:
+    """The matrix between RAS (NIfTI, maxca) and LPS (ITK) world coordinates.
+
+    x and y change sign, z and the homogeneous coordinate do not: ``diag(-1, -1, 1)`` for
+    ``size=3``, ``diag(-1, -1, 1, 1)`` for ``size=4``. It is its own inverse, so it maps both
+    ways: ``lps_points = F @ ras_points``, ``lps_affine[:3] = F @ ras_affine[:3]`` and, for a
+    4x4 transform of points, ``T_lps = F4 @ T_ras @ F4``.
+    """
+    if size not in (3, 4):
+        raise MaxcaInputError(f"ras_lps_flip size must be 3 or 4, got {size!r}")
+    return np.diag([-1.0, -1.0, 1.0, 1.0][:size])
+
+
+_RAS_LPS = ras_lps_flip(3)
 
 GRID_TOLERANCE_MM = 1e-3
 

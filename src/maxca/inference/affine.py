@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from maxca.data.io import Volume, _sitk_geometry
+from maxca.data.io import Volume, _sitk_geometry, ras_lps_flip
 from maxca.errors import MaxcaInputError
 
 __all__ = ["AffineResult", "affine_register", "prealign", "read_itk_affine", "write_itk_affine"]
 
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (an involution)
+_FLIP = ras_lps_flip(4)  # RAS <-> LPS (an involution)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ fixed grid with affine ``A`` (channel ``k`` along array axis ``k``):
   (its arrays are ``(z, y, x, component)``, the reverse of our axis order), float64 by default so
   that ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` accepts it directly; then
   ``sitk.Resample(moving, fixed, transform, sitk.sitkLinear)`` and ``antsApplyTransforms -t
-  disp_itk.nii.gz`` reproduce our warped image.
+  disp_itk.nii.gz`` reproduce our warped image. :func:`read_itk_displacement` reads such a field
+  (ours or one ANTs wrote) back into a voxel flow.
 * **Learn2Reg** (:func:`write_l2r_displacement`): ``disp_FFFF_MMMM.nii.gz`` holding the voxel
   displacement with shape ``(*S, d)`` (channels last, 4-D NIfTI for 3-D images) and the fixed
   affine, as the challenge's evaluation script reads it.
@@ -31,7 +32,13 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
-from maxca.data.io import NIFTI_EXTENSIONS, Volume, split_extension, write_vector_field
+from maxca.data.io import (
+    NIFTI_EXTENSIONS,
+    Volume,
+    ras_lps_flip,
+    split_extension,
+    write_vector_field,
+)
 from maxca.errors import MaxcaInputError
 from maxca.inference._output import atomic_file
 
@@ -40,6 +47,7 @@ __all__ = [
     "itk_displacement_image",
     "l2r_case_id",
     "l2r_disp_name",
+    "read_itk_displacement",
     "read_voxel_flow",
     "write_itk_displacement",
     "write_l2r_displacement",
@@ -49,7 +57,7 @@ __all__ = [
 #: ``descrip`` header text that marks maxca's voxel-displacement files.
 VOXEL_FLOW_DESCRIP = "maxca voxel displacement"
 
-_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
+_RAS_LPS = ras_lps_flip(3)
 
 
 def _check_flow(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +101,63 @@ def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float6
     image.SetOrigin(tuple(float(o) for o in lps[:d, 3]))
     image.SetDirection(tuple(float(v) for v in direction.ravel()))
     return image
+
+
+def read_itk_displacement(
+    field: sitk.Image | str | os.PathLike[str],
+    fixed_affine: np.ndarray | None = None,
+    fixed_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Read an ITK/ANTs displacement field of the fixed grid back into a voxel flow.
+
+    The inverse of :func:`itk_displacement_image`: an ITK field holds at fixed voxel ``p`` the
+    physical displacement ``D`` (mm, ITK's LPS frame) from the fixed point ``x(p)`` to the
+    moving point ``x(p) + D``. With the field grid's voxel-to-physical matrix
+    ``M = direction @ diag(spacing)`` the voxel flow is ``u = M^-1 D`` (docs/conventions.md).
+
+    Args:
+        field: a SimpleITK vector image of ``d`` components, or the path of one
+            (``.nii.gz``, ``.mha``, ...), e.g. ANTs' ``*Warp.nii.gz``.
+        fixed_affine: the fixed ``(4, 4)`` RAS affine; when given, the field's grid must be
+            the fixed grid (direction/spacing within 1e-4, origin within 1e-3 mm).
+        fixed_shape: the fixed grid's shape, checked when given.
+
+    Returns:
+        ``(d, *S)`` float32 voxel displacement in maxca's array axis order.
+
+    Raises:
+        MaxcaInputError: not a ``d``-component field, or a field of another grid.
+    """
+    image = field
+    if not isinstance(image, sitk.Image):
+        try:
+            image = sitk.ReadImage(str(field))
+        except RuntimeError as exc:
+            raise MaxcaInputError(f"{field}: not a readable ITK image") from exc
+    d = image.GetDimension()
+    if d not in (2, 3) or image.GetNumberOfComponentsPerPixel() != d:
+        raise MaxcaInputError(
+            f"expected a 2-D or 3-D displacement field of d components, got a {d}-D image of "
+            f"{image.GetNumberOfComponentsPerPixel()} components"
+        )
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)  # (z, y, x, d) / (y, x, d)
+    disp = np.moveaxis(arr, -1, 0).transpose(0, *range(d, 0, -1))  # (d, i, j[, k])
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(d, d)
+    M = direction * spacing[None, :]
+    shape = tuple(int(s) for s in image.GetSize())
+    if fixed_shape is not None and tuple(int(s) for s in fixed_shape) != shape:
+        raise MaxcaInputError(
+            f"field grid {shape} differs from the fixed grid {tuple(fixed_shape)}"
+        )
+    if fixed_affine is not None:
+        lps = _RAS_LPS @ np.asarray(fixed_affine, dtype=np.float64)[:3, :]
+        if not (
+            np.allclose(M, lps[:d, :d], atol=1e-4)
+            and np.allclose(image.GetOrigin(), lps[:d, 3], atol=1e-3)
+        ):
+            raise MaxcaInputError("the displacement field's grid is not the fixed image's grid")
+    return np.tensordot(np.linalg.inv(M), disp, axes=1).astype(np.float32)
 
 
 def write_itk_displacement(
