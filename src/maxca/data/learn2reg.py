@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,13 @@ from typing import Any
 from maxca.data.io import NIFTI_EXTENSIONS, split_extension
 from maxca.errors import MaxcaInputError
 
-__all__ = ["ImageEntry", "Learn2RegDataset", "load_folder", "load_learn2reg"]
+__all__ = [
+    "ImageEntry",
+    "Learn2RegDataset",
+    "l2r_case_id",
+    "load_folder",
+    "load_learn2reg",
+]
 
 
 @dataclass(frozen=True)
@@ -277,3 +284,28 @@ def load_folder(
                 )
         entries.append(ImageEntry(image=image, label=label))
     return Learn2RegDataset(root=folder, training=entries, name=folder.name)
+
+
+_L2R_NAME = re.compile(r"^(?:.*_)?(\d{4})_\d{4}$")
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def l2r_case_id(path: str | os.PathLike[str]) -> str:
+    """The 4-digit Learn2Reg case id of an image file name.
+
+    ``BRAIN_0013_0000.nii.gz`` -> ``"0013"`` (``<task>_<case>_<modality>``); a name ending in a
+    number otherwise (``case7.nii.gz``) -> that number zero-padded (``"0007"``).
+
+    Raises:
+        MaxcaInputError: no case number in the name.
+    """
+    stem, _ = split_extension(path)
+    match = _L2R_NAME.match(stem)
+    if match:
+        return match.group(1)
+    match = _TRAILING_NUMBER.search(stem)
+    if match:
+        return f"{int(match.group(1)):04d}"
+    raise MaxcaInputError(
+        f"cannot find a case number in {Path(path).name!r} (expected e.g. TASK_0001_0000.nii.gz)"
+    )

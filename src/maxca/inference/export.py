@@ -24,7 +24,6 @@ All writes are atomic (temporary file beside the target, then ``os.replace``).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from maxca.data.io import (
     split_extension,
     write_vector_field,
 )
+from maxca.data.learn2reg import l2r_case_id
 from maxca.errors import MaxcaInputError
 from maxca.inference._output import atomic_file
 
@@ -273,31 +273,6 @@ def read_voxel_flow(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     if not np.all(np.isfinite(data)):
         raise MaxcaInputError(f"{path}: displacement has NaN/Inf values")
     return np.ascontiguousarray(np.moveaxis(data, -1, 0)), affine
-
-
-_L2R_NAME = re.compile(r"^(?:.*_)?(\d{4})_\d{4}$")
-_TRAILING_NUMBER = re.compile(r"(\d+)$")
-
-
-def l2r_case_id(path: str | os.PathLike[str]) -> str:
-    """The 4-digit Learn2Reg case id of an image file name.
-
-    ``BRAIN_0013_0000.nii.gz`` -> ``"0013"`` (``<task>_<case>_<modality>``); a name ending in a
-    number otherwise (``case7.nii.gz``) -> that number zero-padded (``"0007"``).
-
-    Raises:
-        MaxcaInputError: no case number in the name.
-    """
-    stem, _ = split_extension(path)
-    match = _L2R_NAME.match(stem)
-    if match:
-        return match.group(1)
-    match = _TRAILING_NUMBER.search(stem)
-    if match:
-        return f"{int(match.group(1)):04d}"
-    raise MaxcaInputError(
-        f"cannot find a case number in {Path(path).name!r} (expected e.g. TASK_0001_0000.nii.gz)"
-    )
 
 
 def l2r_disp_name(fixed: str | os.PathLike[str], moving: str | os.PathLike[str]) -> str:
