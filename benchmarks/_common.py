@@ -35,6 +35,7 @@ from maxca.app.pairs import (
     score_flow,
     validation_pairs,
 )
+from maxca.app.pairs import synchronize as sync
 from maxca.data.slices import PLANES, build_slice_dataset, plane_axis, slice_affine, slice_offsets
 from maxca.inference import resolve_device as _resolve_device
 from maxca.inference.export import read_itk_displacement
@@ -57,6 +58,7 @@ __all__ = [  # the library names the scripts take from here, next to the harness
     "score_flow",
     "slice_affine",
     "slice_offsets",
+    "sync",
     "validation_pairs",
 ]
 

@@ -34,8 +34,8 @@ import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 from maxca.data.io import (
     NIFTI_EXTENSIONS,
     Volume,
+    checked_path,
     ras_lps_flip,
-    split_extension,
     write_vector_field,
 )
 from maxca.data.learn2reg import l2r_case_id
@@ -171,10 +171,9 @@ def write_itk_displacement(
         affine: ``(4, 4)`` RAS affine of the fixed grid.
         dtype: on-disk component type, ``np.float64`` (default) or ``np.float32``.
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in (*NIFTI_EXTENSIONS, ".mha", ".nrrd"):
-        raise MaxcaInputError(f"{path}: ITK fields are written as .nii.gz, .nii, .mha or .nrrd")
+    path, ext = checked_path(
+        path, (*NIFTI_EXTENSIONS, ".mha", ".nrrd"), "cannot write an ITK field with extension"
+    )
     image = itk_displacement_image(flow, affine, dtype)
     with atomic_file(path, ext) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
@@ -189,10 +188,7 @@ def write_l2r_displacement(path: str | os.PathLike[str], flow: Any, affine: np.n
         flow: ``(d, *S)`` voxel displacement of the fixed grid.
         affine: ``(4, 4)`` RAS affine of the fixed grid (written as sform and qform).
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in NIFTI_EXTENSIONS:
-        raise MaxcaInputError(f"{path}: Learn2Reg displacement files are NIfTI (.nii.gz)")
+    path, ext = checked_path(path, NIFTI_EXTENSIONS, "Learn2Reg displacement files are NIfTI, got")
     u, a = _check_flow(flow, affine)
     channels_last = np.ascontiguousarray(np.moveaxis(u, 0, -1).astype(np.float32))
     image = nib.Nifti1Image(channels_last, a)
@@ -236,12 +232,9 @@ def read_voxel_flow(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     Returns:
         ``(flow (d, *S) float32, affine (4, 4))``.
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in NIFTI_EXTENSIONS:
-        raise MaxcaInputError(f"{path}: displacement files are read from NIfTI, got {ext!r}")
-    if not path.is_file():
-        raise MaxcaInputError(f"file not found: {path}")
+    path, _ = checked_path(
+        path, NIFTI_EXTENSIONS, "displacement files are read from NIfTI, got", True
+    )
     try:
         image = nib.load(str(path))
         data = np.asarray(image.dataobj, dtype=np.float32)
