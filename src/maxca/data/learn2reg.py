@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,21 +99,33 @@ def _resolve(root: Path, value: Any, where: str, json_path: Path) -> Path:
     return path
 
 
-def _entries(data: dict[str, Any], key: str, root: Path, json_path: Path) -> list[ImageEntry]:
+def _objects(
+    data: dict[str, Any], key: str, json_path: Path, required: tuple[str, ...]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, item)`` for every object of the list ``data[key]`` (absent: none), each
+    checked to be an object with the ``required`` keys; a bare string is ``{"image": it}``
+    (some tasks list test images as bare paths)."""
     items = data.get(key, [])
     if not isinstance(items, list):
         raise MaxcaInputError(f"{json_path}: '{key}' must be a list, got {type(items).__name__}")
-    entries = []
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
-        if isinstance(item, str):  # some tasks list test images as bare paths
+        if isinstance(item, str) and required == ("image",):
             item = {"image": item}
         if not isinstance(item, dict):
+            keys = " and ".join(f"'{k}'" for k in required)
             raise MaxcaInputError(
-                f"{json_path}: {where} must be an object with an 'image' key, got {item!r}"
+                f"{json_path}: {where} must be an object with {keys}, got {item!r}"
             )
-        if "image" not in item:
-            raise MaxcaInputError(f"{json_path}: {where} has no 'image' key")
+        for k in required:
+            if k not in item:
+                raise MaxcaInputError(f"{json_path}: {where} has no '{k}' key")
+        yield where, item
+
+
+def _entries(data: dict[str, Any], key: str, root: Path, json_path: Path) -> list[ImageEntry]:
+    entries = []
+    for where, item in _objects(data, key, json_path, ("image",)):
         image = _resolve(root, item["image"], f"{where}.image", json_path)
         if item.get("label") is not None:
             label: Path | None = _resolve(root, item["label"], f"{where}.label", json_path)
@@ -127,23 +140,13 @@ def _entries(data: dict[str, Any], key: str, root: Path, json_path: Path) -> lis
 
 
 def _pairs(data: dict[str, Any], key: str, root: Path, json_path: Path) -> list[tuple[Path, Path]]:
-    items = data.get(key, [])
-    if not isinstance(items, list):
-        raise MaxcaInputError(f"{json_path}: '{key}' must be a list, got {type(items).__name__}")
-    pairs = []
-    for i, item in enumerate(items):
-        where = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            raise MaxcaInputError(
-                f"{json_path}: {where} must be an object with 'fixed' and 'moving', got {item!r}"
-            )
-        for role in ("fixed", "moving"):
-            if role not in item:
-                raise MaxcaInputError(f"{json_path}: {where} has no '{role}' key")
-        fixed = _resolve(root, item["fixed"], f"{where}.fixed", json_path)
-        moving = _resolve(root, item["moving"], f"{where}.moving", json_path)
-        pairs.append((fixed, moving))
-    return pairs
+    return [
+        (
+            _resolve(root, item["fixed"], f"{where}.fixed", json_path),
+            _resolve(root, item["moving"], f"{where}.moving", json_path),
+        )
+        for where, item in _objects(data, key, json_path, ("fixed", "moving"))
+    ]
 
 
 def _first_modality(value: Any) -> Any:

@@ -40,6 +40,7 @@ from maxca.data.io import (
 )
 from maxca.data.learn2reg import l2r_case_id
 from maxca.errors import MaxcaInputError
+from maxca.metrics._common import as_flow
 from maxca.inference._output import atomic_file
 
 __all__ = [
@@ -61,15 +62,11 @@ _RAS_LPS = ras_lps_flip(3)
 
 
 def _check_flow(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    u = flow.detach().cpu().numpy() if hasattr(flow, "detach") else np.asarray(flow)
-    if u.ndim not in (3, 4) or u.shape[0] != u.ndim - 1:
-        raise MaxcaInputError(
-            f"flow must have shape (d, *S) with d = 2 or 3 spatial axes, got {u.shape}"
-        )
+    """``(flow as a float64 (d, *S) array, affine as a float64 (4, 4) array)``, checked."""
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4):
         raise MaxcaInputError(f"affine must be 4x4, got shape {a.shape}")
-    return u.astype(np.float64, copy=False), a
+    return as_flow(flow), a
 
 
 def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float64) -> sitk.Image:

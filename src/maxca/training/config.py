@@ -389,6 +389,21 @@ def _is_str_type(tp: Any) -> bool:
     return tp is str
 
 
+def _as_number(value: Any, tp: type) -> int | float | None:
+    """``value`` as an ``int`` (integral floats and numeric strings too) or a ``float``
+    (ints and numeric strings too); ``None`` when it is not one (bools never are)."""
+    if isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if tp is int and isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return tp(value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` converted to type ``tp`` (raises MaxcaInputError naming ``key``)."""
     origin = typing.get_origin(tp)
@@ -428,26 +443,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise MaxcaInputError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise MaxcaInputError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise MaxcaInputError(f"{key} must be a number, got {value!r}")
+    if tp in (int, float):
+        number = _as_number(value, tp)
+        if number is None:
+            kind = "an integer" if tp is int else "a number"
+            raise MaxcaInputError(f"{key} must be {kind}, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return str(value)
