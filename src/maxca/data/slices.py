@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from maxca._atomic import atomic_dir
 from maxca.data.io import read_volume, write_volume
 from maxca.data.learn2reg import l2r_case_id, load_learn2reg
 from maxca.errors import MaxcaInputError
@@ -83,7 +82,8 @@ def build_slice_dataset(
     (:func:`slice_affine`), written with :func:`maxca.data.write_volume`.
 
     The folder is reused when its ``slices.json`` records the same source and parameters, else
-    rebuilt (in a temporary sibling folder, renamed into place when complete).
+    rebuilt (:func:`maxca._atomic.atomic_dir`: in a temporary sibling folder, renamed into place
+    when complete); a non-empty folder that is not a slice cache is never replaced.
 
     Returns:
         the path of the written ``dataset.json``.
@@ -115,9 +115,9 @@ def build_slice_dataset(
     for f, m in pairs:
         for image in (f, m):
             subjects.setdefault(image, ds.label_for(image))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    if out.is_dir() and not (out / SLICE_META).is_file() and any(out.iterdir()):
+        raise MaxcaInputError(f"{out} exists and is not a slice cache: not replacing it")
+    with atomic_dir(out) as tmp:
         names: dict[tuple[Path, int], str] = {}
         axis = None
         indices: list[int] = []
@@ -174,12 +174,4 @@ def build_slice_dataset(
         }
         (tmp / "dataset.json").write_text(json.dumps(data, indent=1))
         (tmp / SLICE_META).write_text(json.dumps({**meta, "axis": axis, "indices": indices}))
-        if out.exists():
-            if not (out / SLICE_META).is_file() and any(out.iterdir()):
-                raise MaxcaInputError(f"{out} exists and is not a slice cache: not replacing it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out / "dataset.json"
