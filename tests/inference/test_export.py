@@ -13,9 +13,9 @@ from scipy.ndimage import map_coordinates
 from maxca.data.io import Volume, write_volume
 from maxca.errors import MaxcaInputError
 from maxca.inference import (
+    itk_displacement_image,
     l2r_case_id,
     l2r_disp_name,
-    itk_displacement_image,
     read_itk_displacement,
     read_voxel_flow,
     register_pair,

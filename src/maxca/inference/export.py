@@ -40,8 +40,8 @@ from maxca.data.io import (
 )
 from maxca.data.learn2reg import l2r_case_id
 from maxca.errors import MaxcaInputError
-from maxca.metrics._common import as_flow
 from maxca.inference._output import atomic_file
+from maxca.metrics._common import as_flow
 
 __all__ = [
     "VOXEL_FLOW_DESCRIP",
@@ -61,7 +61,7 @@ VOXEL_FLOW_DESCRIP = "maxca voxel displacement"
 _RAS_LPS = ras_lps_flip(3)
 
 
-def _check_flow(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _flow_and_affine(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(flow as a float64 (d, *S) array, affine as a float64 (4, 4) array)``, checked."""
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4):
@@ -82,7 +82,7 @@ def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float6
         a ``d``-D SimpleITK vector image of ``d`` components: pixel ``p`` holds the LPS
         displacement in mm; origin, spacing and direction are those of the grid in LPS.
     """
-    u, a = _check_flow(flow, affine)
+    u, a = _flow_and_affine(flow, affine)
     d = u.shape[0]
     disp_lps = np.tensordot(_RAS_LPS @ a[:3, :d], u, axes=1)[:d]  # (d, *S), LPS mm
     lps = _RAS_LPS @ a[:3, :]
@@ -186,7 +186,7 @@ def write_l2r_displacement(path: str | os.PathLike[str], flow: Any, affine: np.n
         affine: ``(4, 4)`` RAS affine of the fixed grid (written as sform and qform).
     """
     path, ext = checked_path(path, NIFTI_EXTENSIONS, "Learn2Reg displacement files are NIfTI, got")
-    u, a = _check_flow(flow, affine)
+    u, a = _flow_and_affine(flow, affine)
     channels_last = np.ascontiguousarray(np.moveaxis(u, 0, -1).astype(np.float32))
     image = nib.Nifti1Image(channels_last, a)
     image.header.set_xyzt_units("mm")
@@ -205,7 +205,7 @@ def write_voxel_flow(path: str | os.PathLike[str], flow: Any, fixed: Volume) -> 
         flow: ``(d, *S)`` voxel displacement of ``fixed``'s grid.
         fixed: the fixed volume (affine and NIfTI header reused).
     """
-    u, _ = _check_flow(flow, fixed.affine)
+    u, _ = _flow_and_affine(flow, fixed.affine)
     if tuple(u.shape[1:]) != fixed.shape:
         raise MaxcaInputError(
             f"flow grid {tuple(u.shape[1:])} differs from the fixed grid {fixed.shape}"
