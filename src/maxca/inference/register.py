@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from maxca._checks import NORMALISATIONS, resolve_device
+from maxca._checks import NORMALISATIONS, check_flow, resolve_device
 from maxca.data.io import Volume, check_same_grid
 from maxca.data.transforms import normalise_intensity
 from maxca.errors import MaxcaInputError
@@ -242,10 +242,7 @@ def warp_volume(
         ``(1, 1, *S_f)`` tensor (float32 for images, the label dtype for label maps).
     """
     d = moving.ndim
-    if flow.dim() != d + 2 or flow.shape[1] != d:
-        raise MaxcaInputError(
-            f"flow must have shape (1, {d}, *S) for a {d}-D moving volume, got {tuple(flow.shape)}"
-        )
+    check_flow(flow, "flow", spatial_dims=d)
     B, b = index_map(fixed_affine, moving.affine, d)
     base = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
     coords = apply_affine(B, b, base + flow[0])
