@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from maxca.errors import MaxcaInputError
 
-__all__ = ["atomic_path", "atomic_write_text", "full_suffix"]
+__all__ = ["atomic_dir", "atomic_path", "atomic_write_text", "full_suffix"]
 
 
 def full_suffix(name: str) -> str:
@@ -58,3 +59,38 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, make_parents: boo
     ):
         fh.write(text)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], fsync: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``.
+
+    The new folder appears by one rename. An existing ``path`` is first renamed aside
+    (``.<name>.old-<pid>``) and removed only after the new one is in place, so a crash leaves
+    either the old folder, the new one, or the old one beside a hidden temporary folder; never
+    a half-written ``path``. With ``fsync`` the files' contents are flushed before the rename.
+    On error the temporary folder is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if fsync:
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,14 @@ import _common  # benchmarks/ is put on sys.path by conftest.py
 import ablation
 import baselines
 import speed
+from maxca.app.pairs import (
+    evaluation_labels,
+    identity_flow,
+    load_pairs,
+    pair_row,
+    score_flow,
+    validation_pairs,
+)
 from maxca.metrics import dice
 
 from .conftest import LABELS
@@ -36,7 +44,7 @@ def _finite(row: dict[str, str], keys: tuple[str, ...]) -> bool:
 def _direct_identity_dice(dataset: Path) -> list[float]:
     """Dice before per validation pair, straight from the label arrays (same grid)."""
     out = []
-    for p in _common.load_pairs(_common.validation_pairs(dataset)):
+    for p in load_pairs(validation_pairs(dataset)):
         scores = dice(p.fixed_label.array, p.moving_label.array, list(LABELS))
         out.append(float(np.nanmean(list(scores.values()))))
     return out
@@ -223,7 +231,7 @@ def test_speed(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> None:
 
 def test_speed_cli_path(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     """``--cli`` times ``python -m maxca register`` in a fresh process: the command works."""
-    pair = _common.validation_pairs(tiny_dataset)[0]
+    pair = validation_pairs(tiny_dataset)[0]
     run = ablation_3d / "runs" / "unet-none-s0"
     res = speed.time_cli(run, "cpu", pair, tmp_path, repeats=0, threads=1)
     assert res["repeats"] == 1 and res["median_s"] > 0
@@ -234,12 +242,10 @@ def test_speed_cli_path(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -
 def test_identity_on_brain_synth_2mm_is_the_documented_affine_only_dice() -> None:
     """The scoring path reproduces the affine-only mean Dice documented for the 2 mm data
     (0.522 on registration_val, shared/data/README.md)."""
-    labels = _common.evaluation_labels(_common.BRAIN_2MM)
+    labels = evaluation_labels(_common.BRAIN_2MM)
     assert labels is not None and len(labels) == 28
-    pairs = _common.load_pairs(_common.validation_pairs(_common.BRAIN_2MM))
-    rows = [
-        _common.pair_row(_common.score_flow(p, _common.identity_flow(p), labels)) for p in pairs
-    ]
+    pairs = load_pairs(validation_pairs(_common.BRAIN_2MM))
+    rows = [pair_row(score_flow(p, identity_flow(p), labels)) for p in pairs]
     assert len(rows) == 4
     assert np.mean([r["dice"] for r in rows]) == pytest.approx(0.522, abs=0.001)
     assert all(math.isfinite(r["hd95"]) and r["njd_percent"] == 0.0 for r in rows)

@@ -15,7 +15,7 @@ from maxca.data.transforms import (
     augment,
     crop_or_pad,
     crop_or_pad_volume,
-    normalize_intensity,
+    normalise_intensity,
     random_affine,
     random_flip,
     random_intensity,
@@ -36,18 +36,18 @@ def world(affine: np.ndarray, index: Sequence[float] | np.ndarray) -> np.ndarray
 
 def test_normalisation_known_values() -> None:
     x = np.array([[2.0, 4.0], [6.0, 10.0]])
-    np.testing.assert_allclose(normalize_intensity(x, "minmax"), [[0, 0.25], [0.5, 1.0]])
-    z = normalize_intensity(x, "zscore")
+    np.testing.assert_allclose(normalise_intensity(x, "minmax"), [[0, 0.25], [0.5, 1.0]])
+    z = normalise_intensity(x, "zscore")
     assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-6
     ramp = np.arange(101, dtype=np.float32)  # p1 = 1, p99 = 99
-    p = normalize_intensity(ramp, "percentile")
+    p = normalise_intensity(ramp, "percentile")
     assert p[0] == 0 and p[1] == 0 and p[-1] == 1 and p[-2] == 1
     np.testing.assert_allclose(p[50], 49 / 98, rtol=1e-6)
     mask = np.array([[True, True], [False, False]])
-    np.testing.assert_allclose(normalize_intensity(x, "minmax", mask=mask), [[0, 1], [2, 4]])
-    assert (normalize_intensity(np.full((3, 3), 5.0), "zscore") == 0).all()
+    np.testing.assert_allclose(normalise_intensity(x, "minmax", mask=mask), [[0, 1], [2, 4]])
+    assert (normalise_intensity(np.full((3, 3), 5.0), "zscore") == 0).all()
     with pytest.raises(MaxcaInputError, match="normalisation must be one of"):
-        normalize_intensity(x, "max")  # type: ignore[arg-type]
+        normalise_intensity(x, "max")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("target", [(9, 10, 3), (4, 7, 8), (6, 6, 6)])
@@ -191,3 +191,12 @@ def test_random_intensity_and_augment() -> None:
     assert torch.equal(x1, x2) and torch.equal(l1, l2) and l1.dtype == torch.int64
     with pytest.raises(MaxcaInputError, match="does not match image shape"):
         augment(img, lab[:, :2], None, cfg)
+
+
+def test_normalize_intensity_is_a_deprecated_alias() -> None:
+    from maxca.data.transforms import normalize_intensity
+
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    with pytest.warns(DeprecationWarning, match="use normalise_intensity"):
+        old = normalize_intensity(x, "zscore")
+    np.testing.assert_array_equal(old, normalise_intensity(x, "zscore"))

@@ -13,8 +13,10 @@ from scipy.ndimage import map_coordinates
 from maxca.data.io import Volume, write_volume
 from maxca.errors import MaxcaInputError
 from maxca.inference import (
+    itk_displacement_image,
     l2r_case_id,
     l2r_disp_name,
+    read_itk_displacement,
     read_voxel_flow,
     register_pair,
     write_itk_displacement,
@@ -147,3 +149,56 @@ def test_voxel_flow_round_trip_and_itk_field_refused(tmp_path):
         read_voxel_flow(itk)
     with pytest.raises(MaxcaInputError, match="file not found"):
         read_voxel_flow(tmp_path / "nope.nii.gz")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading ITK displacement fields back into voxel flows
+# ---------------------------------------------------------------------------------------------
+def test_read_itk_displacement_round_trip_3d_in_memory_and_on_disk(tmp_path) -> None:
+    affine = lia_affine()
+    flow = _smooth_flow(SHAPE).numpy()
+    back = read_itk_displacement(itk_displacement_image(flow, affine), affine, SHAPE)
+    assert back.shape == flow.shape and back.dtype == np.float32
+    np.testing.assert_allclose(back, flow, atol=1e-5)
+    write_itk_displacement(tmp_path / "f.nii.gz", flow, affine)
+    np.testing.assert_allclose(
+        read_itk_displacement(tmp_path / "f.nii.gz", affine), flow, atol=1e-5
+    )
+
+
+def test_read_itk_displacement_2d_slice_grid(tmp_path) -> None:
+    a = np.eye(4)  # an axial slice of an LIA volume: in-plane axes -x and +y
+    a[:3, 0], a[:3, 1], a[:3, 2], a[:3, 3] = (-1.5, 0, 0), (0, 1.2, 0), (0, 0, -2.0), (20, 10, 3)
+    flow = _smooth_flow((16, 24, 1))[:2, :, :, 0].numpy()
+    sitk.WriteImage(itk_displacement_image(flow, a), str(tmp_path / "f.mha"))
+    np.testing.assert_allclose(read_itk_displacement(tmp_path / "f.mha", a), flow, atol=1e-5)
+
+
+def test_read_itk_displacement_known_answer() -> None:
+    # a constant LPS displacement D on a grid with spacing s and direction R: u = (R diag(s))^-1 D
+    image = sitk.Image([4, 5, 6], sitk.sitkVectorFloat64, 3)
+    image.SetSpacing((2.0, 1.0, 4.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    arr = np.zeros((6, 5, 4, 3))
+    arr[...] = (3.0, -2.0, 8.0)  # (x, y, z) LPS mm
+    field = sitk.GetImageFromArray(arr, isVector=True)
+    field.CopyInformation(image)
+    u = read_itk_displacement(field)
+    assert u.shape == (3, 4, 5, 6)
+    # M = R diag(s) = [[0, 1, 0], [-2, 0, 0], [0, 0, 4]]: M u = D gives u = (1, 3, 2)
+    np.testing.assert_allclose(u[:, 2, 3, 4], (1.0, 3.0, 2.0), atol=1e-6)
+    np.testing.assert_allclose(u.reshape(3, -1).std(axis=1), 0.0, atol=1e-12)
+
+
+def test_read_itk_displacement_refuses_other_grids_and_non_fields(tmp_path) -> None:
+    flow = np.zeros((3, *SHAPE), np.float32)
+    image = itk_displacement_image(flow, lia_affine(spacing=(2.0, 2.0, 2.0)))
+    with pytest.raises(MaxcaInputError, match="not the fixed image's grid"):
+        read_itk_displacement(image, lia_affine())
+    with pytest.raises(MaxcaInputError, match=r"field grid \(16, 20, 24\) differs"):
+        read_itk_displacement(image, None, (16, 20, 5))
+    with pytest.raises(MaxcaInputError, match="of d components, got a 3-D image of 1 comp"):
+        read_itk_displacement(sitk.Image([4, 4, 4], sitk.sitkFloat32))
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(MaxcaInputError, match="not a readable ITK image"):
+        read_itk_displacement(tmp_path / "junk.nii.gz")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maxca.errors import MaxcaInputError
-from maxca.metrics import jacobian_determinant, njd_percent, sdlogj
+from maxca.metrics import jacobian_determinant_array, njd_percent, sdlogj
 
 SHAPES = {2: (9, 7), 3: (6, 7, 5)}
 
@@ -17,7 +17,7 @@ SHAPES = {2: (9, 7), 3: (6, 7, 5)}
 @pytest.mark.parametrize("d", [2, 3])
 def test_zero_field(d):
     flow = np.zeros((d, *SHAPES[d]))
-    det = jacobian_determinant(flow)
+    det = jacobian_determinant_array(flow)
     assert det.shape == SHAPES[d]
     assert np.array_equal(det, np.ones(SHAPES[d]))
     assert njd_percent(flow) == 0.0
@@ -30,7 +30,7 @@ def test_linear_field_has_constant_det(d):
     A = rng.normal(scale=0.3, size=(d, d))
     grid = np.indices(SHAPES[d], dtype=np.float64)
     flow = np.einsum("ij,j...->i...", A, grid) + 1.7  # u = A p + t
-    det = jacobian_determinant(flow)
+    det = jacobian_determinant_array(flow)
     expected = np.linalg.det(np.eye(d) + A)
     assert expected > 0
     np.testing.assert_allclose(det, expected, rtol=0, atol=1e-12)
@@ -43,13 +43,13 @@ def test_axis_assignment():
     grid = np.indices((5, 6), dtype=np.float64)
     shear = np.stack([0.5 * grid[1], np.zeros((5, 6))])
     stretch = np.stack([0.5 * grid[0], np.zeros((5, 6))])
-    np.testing.assert_allclose(jacobian_determinant(shear), 1.0)
-    np.testing.assert_allclose(jacobian_determinant(stretch), 1.5)
+    np.testing.assert_allclose(jacobian_determinant_array(shear), 1.0)
+    np.testing.assert_allclose(jacobian_determinant_array(stretch), 1.5)
 
 
 def test_known_fold_count(fold_field):
     flow = fold_field
-    det = jacobian_determinant(flow)
+    det = jacobian_determinant_array(flow)
     folded = det <= 0
     assert folded.sum() == 2 * 3 * 3
     assert np.all(folded[4:6, 2:5, 3:6])
@@ -67,7 +67,7 @@ def test_sdlogj_hand_computed():
     p0 = np.arange(5.0)
     flow = np.zeros((3, 5, 3, 4))
     flow[0] = (0.5 * p0**2)[:, None, None]
-    det = jacobian_determinant(flow)
+    det = jacobian_determinant_array(flow)
     np.testing.assert_allclose(det[:, 1, 2], [1.5, 2.0, 3.0, 4.0, 4.5])
     assert sdlogj(flow) == pytest.approx(np.log([1.5, 2.0, 3.0, 4.0, 4.5]).std())
 
@@ -88,10 +88,21 @@ def test_bad_flows_and_masks_rejected():
     with pytest.raises(
         MaxcaInputError, match=r"flow must have shape \(d, \*S\).* got shape 2x4x4x4"
     ):
-        jacobian_determinant(np.zeros((2, 4, 4, 4)))
+        jacobian_determinant_array(np.zeros((2, 4, 4, 4)))
     with pytest.raises(MaxcaInputError, match=r"at least 2 voxels .* got shape 2x1x4"):
-        jacobian_determinant(np.zeros((2, 1, 4)))
+        jacobian_determinant_array(np.zeros((2, 1, 4)))
     with pytest.raises(MaxcaInputError, match=r"mask must have shape 4x4, got 4x5"):
         njd_percent(np.zeros((2, 4, 4)), np.ones((4, 5)))
     with pytest.raises(MaxcaInputError, match=r"mask must select at least one voxel"):
         sdlogj(np.zeros((2, 4, 4)), np.zeros((4, 4)))
+
+
+def test_one_jacobian_numpy_and_torch_agree_exactly() -> None:
+    from maxca.metrics import jacobian_determinant
+    from maxca.spatial import jacobian_determinant as torch_jacobian
+
+    u = np.random.default_rng(3).normal(size=(3, 7, 6, 5)) * 2.0
+    ours = jacobian_determinant_array(u)
+    np.testing.assert_array_equal(ours, torch_jacobian(torch.from_numpy(u)[None])[0].numpy())
+    with pytest.warns(DeprecationWarning, match="jacobian_determinant_array"):
+        np.testing.assert_array_equal(jacobian_determinant(u), ours)

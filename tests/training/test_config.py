@@ -156,3 +156,23 @@ def test_apply_overrides_does_not_mutate_input() -> None:
     out = apply_overrides(raw, ["optim.lr=0.2"])
     assert raw == {"optim": {"lr": 0.1}}
     assert config_from_dict(out).optim.lr == 0.2
+
+
+def test_model_config_typo_fails_at_load_naming_the_key(tmp_path: Path) -> None:
+    cfg = {
+        "model": {"name": "pyramid_small", "config": {"attention": "maxcaa"}},
+        "data": {"path": str(tmp_path / "no-such-dataset.json")},  # never read
+    }
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(
+        MaxcaInputError, match=r"model\.config: attention must be one of .*'maxcaa'"
+    ):
+        load_config(path)
+    with pytest.raises(MaxcaInputError, match=r"model\.config: unknown option\(s\) \['heads_x'\]"):
+        load_config(None, ["model.config.heads_x=2"])
+    with pytest.raises(MaxcaInputError, match=r"model\.name must be one of .*'pyramidal'"):
+        load_config(None, ["model.name=pyramidal"])
+    # a valid option passes, for the grid's own number of axes
+    ok = load_config(None, ["model.config.attention=window", "data.shape=[16,16]"])
+    assert ok.model.config["attention"] == "window"

@@ -23,22 +23,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from maxca._checks import NORMALISATIONS, PAIR_MODES
 from maxca.data.io import Volume, check_same_grid, read_volume
 from maxca.data.learn2reg import ImageEntry, Learn2RegDataset, load_folder, load_learn2reg
 from maxca.data.pairs import AtlasPairs, ExplicitPairs, PairSampler, RandomPairs
 from maxca.data.transforms import (
-    NORMALISATIONS,
     AugmentConfig,
     augment,
     crop_or_pad_volume,
-    normalize_intensity,
+    normalise_intensity,
     resample_volume,
 )
 from maxca.errors import MaxcaInputError
 
 __all__ = ["PairDataset", "as_dataset"]
 
-PAIR_MODES = ("random", "atlas", "pairs")
 RESIZE_MODES = ("crop_or_pad", "resample")
 
 
@@ -216,7 +215,7 @@ class PairDataset(Dataset):
             label = read_volume(entry.label, "label", image.ndim)
             check_same_grid(image, label, f"label {entry.label} vs image {entry.image}")
         if self.normalise is not None:  # before padding, so padded voxels don't count
-            normalised = normalize_intensity(image.array, self.normalise)  # type: ignore[arg-type]
+            normalised = normalise_intensity(image.array, self.normalise)  # type: ignore[arg-type]
             image = Volume(normalised, image.affine, image.header, image.path)
         if self.target_shape is not None and self.target_shape != image.shape:
             if len(self.target_shape) != image.ndim:

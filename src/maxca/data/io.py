@@ -15,6 +15,7 @@ keeps the real extension so the libraries pick the format) which then replaces t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,8 @@ __all__ = [
     "Volume",
     "check_affine",
     "check_same_grid",
+    "checked_path",
+    "ras_lps_flip",
     "read_vector_field",
     "read_volume",
     "split_extension",
@@ -48,8 +51,21 @@ READ_EXTENSIONS = NIFTI_EXTENSIONS + SITK_EXTENSIONS
 # atomic rename of the header alone would break.
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
 
-# RAS <-> LPS: x and y change sign, z is unchanged (the matrix is its own inverse).
-_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
+
+def ras_lps_flip(size: int = 3) -> np.ndarray:
+    """The matrix between RAS (NIfTI, maxca) and LPS (ITK) world coordinates.
+
+    x and y change sign, z and the homogeneous coordinate do not: ``diag(-1, -1, 1)`` for
+    ``size=3``, ``diag(-1, -1, 1, 1)`` for ``size=4``. It is its own inverse, so it maps both
+    ways: ``lps_points = F @ ras_points``, ``lps_affine[:3] = F @ ras_affine[:3]`` and, for a
+    4x4 transform of points, ``T_lps = F4 @ T_ras @ F4``.
+    """
+    if size not in (3, 4):
+        raise MaxcaInputError(f"ras_lps_flip size must be 3 or 4, got {size!r}")
+    return np.diag([-1.0, -1.0, 1.0, 1.0][:size])
+
+
+_RAS_LPS = ras_lps_flip(3)
 
 GRID_TOLERANCE_MM = 1e-3
 
@@ -251,6 +267,24 @@ def _read_sitk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
     return arr, _sitk_affine(img), header
 
 
+def checked_path(
+    path: str | os.PathLike[str], allowed: Sequence[str], refusal: str, must_exist: bool = False
+) -> tuple[Path, str]:
+    """``(Path(path), extension)`` when the extension is one of ``allowed`` (and, with
+    ``must_exist``, the file exists); else a one-line error
+    ``"<path>: <refusal> '<ext>'; expected one of ..."`` or ``"file not found: <path>"``.
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    if ext not in allowed:
+        raise MaxcaInputError(
+            f"{path}: {refusal} {ext or '(none)'!r}; expected one of {', '.join(allowed)}"
+        )
+    if must_exist and not path.is_file():
+        raise MaxcaInputError(f"file not found: {path}")
+    return path, ext
+
+
 def read_volume(
     path: str | os.PathLike[str],
     kind: Literal["image", "label"] = "image",
@@ -280,15 +314,7 @@ def read_volume(
     """
     if kind not in ("image", "label"):
         raise MaxcaInputError(f"kind must be 'image' or 'label', got {kind!r}")
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in READ_EXTENSIONS:
-        raise MaxcaInputError(
-            f"{path}: unsupported file extension {ext or '(none)'!r}; "
-            f"expected one of {', '.join(READ_EXTENSIONS)}"
-        )
-    if not path.is_file():
-        raise MaxcaInputError(f"file not found: {path}")
+    path, ext = checked_path(path, READ_EXTENSIONS, "unsupported file extension", True)
     if ext in NIFTI_EXTENSIONS:
         arr, affine, header = _read_nifti(path, kind)
     else:
@@ -335,12 +361,7 @@ def read_vector_field(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
         ``(field, affine)`` with ``field`` of shape ``(*S, d)`` (channels last, float32) where
         ``S`` has ``d`` axes, and the 4x4 RAS affine.
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in NIFTI_EXTENSIONS:
-        raise MaxcaInputError(f"{path}: vector fields are read from NIfTI, got {ext!r}")
-    if not path.is_file():
-        raise MaxcaInputError(f"file not found: {path}")
+    path, _ = checked_path(path, NIFTI_EXTENSIONS, "vector fields are read from NIfTI, got", True)
     try:
         img = nib.load(str(path))
         data = img.get_fdata(dtype=np.float32)
@@ -450,13 +471,7 @@ def write_volume(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in WRITE_EXTENSIONS:
-        raise MaxcaInputError(
-            f"{path}: cannot write extension {ext or '(none)'!r}; "
-            f"expected one of {', '.join(WRITE_EXTENSIONS)}"
-        )
+    path, ext = checked_path(path, WRITE_EXTENSIONS, "cannot write extension")
     if affine is None:
         if like is None:
             raise MaxcaInputError(f"{path}: write_volume needs an affine or a `like` volume")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from maxca.data.dataset import PairDataset
 from maxca.data.synth import as_generator, random_bias_field, random_smooth_deformation
-from maxca.data.transforms import normalize_intensity
+from maxca.data.transforms import normalise_intensity
 from maxca.errors import MaxcaInputError
 from maxca.spatial import warp
 
@@ -210,7 +210,7 @@ def synthesize_image(
 
     The steps are those of the module docstring (without the deformation: see
     :func:`deform_label_map`). With ``normalise`` the result is normalised exactly as
-    inference normalises a scan (:func:`maxca.data.transforms.normalize_intensity`).
+    inference normalises a scan (:func:`maxca.data.transforms.normalise_intensity`).
     ``contrast=(generator, ids)`` draws the per-label means/spreads from that generator over
     those label ids (see :func:`random_label_intensities`), e.g. the same for two images.
     """
@@ -237,7 +237,7 @@ def synthesize_image(
     image = image.clamp_min(0) ** gamma
     image = image + _u(g, 0.0, cfg.noise_max) * torch.randn(label.shape, generator=g)
     if normalise is not None:
-        image = torch.from_numpy(normalize_intensity(image.numpy(), normalise))  # type: ignore[arg-type]
+        image = torch.from_numpy(normalise_intensity(image.numpy(), normalise))  # type: ignore[arg-type]
     return image.to(torch.float32).contiguous()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,13 @@ from typing import Any
 from maxca.data.io import NIFTI_EXTENSIONS, split_extension
 from maxca.errors import MaxcaInputError
 
-__all__ = ["ImageEntry", "Learn2RegDataset", "load_folder", "load_learn2reg"]
+__all__ = [
+    "ImageEntry",
+    "Learn2RegDataset",
+    "l2r_case_id",
+    "load_folder",
+    "load_learn2reg",
+]
 
 
 @dataclass(frozen=True)
@@ -91,21 +99,33 @@ def _resolve(root: Path, value: Any, where: str, json_path: Path) -> Path:
     return path
 
 
-def _entries(data: dict[str, Any], key: str, root: Path, json_path: Path) -> list[ImageEntry]:
+def _objects(
+    data: dict[str, Any], key: str, json_path: Path, required: tuple[str, ...]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, item)`` for every object of the list ``data[key]`` (absent: none), each
+    checked to be an object with the ``required`` keys; a bare string is ``{"image": it}``
+    (some tasks list test images as bare paths)."""
     items = data.get(key, [])
     if not isinstance(items, list):
         raise MaxcaInputError(f"{json_path}: '{key}' must be a list, got {type(items).__name__}")
-    entries = []
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
-        if isinstance(item, str):  # some tasks list test images as bare paths
+        if isinstance(item, str) and required == ("image",):
             item = {"image": item}
         if not isinstance(item, dict):
+            keys = " and ".join(f"'{k}'" for k in required)
             raise MaxcaInputError(
-                f"{json_path}: {where} must be an object with an 'image' key, got {item!r}"
+                f"{json_path}: {where} must be an object with {keys}, got {item!r}"
             )
-        if "image" not in item:
-            raise MaxcaInputError(f"{json_path}: {where} has no 'image' key")
+        for k in required:
+            if k not in item:
+                raise MaxcaInputError(f"{json_path}: {where} has no '{k}' key")
+        yield where, item
+
+
+def _entries(data: dict[str, Any], key: str, root: Path, json_path: Path) -> list[ImageEntry]:
+    entries = []
+    for where, item in _objects(data, key, json_path, ("image",)):
         image = _resolve(root, item["image"], f"{where}.image", json_path)
         if item.get("label") is not None:
             label: Path | None = _resolve(root, item["label"], f"{where}.label", json_path)
@@ -120,23 +140,13 @@ def _entries(data: dict[str, Any], key: str, root: Path, json_path: Path) -> lis
 
 
 def _pairs(data: dict[str, Any], key: str, root: Path, json_path: Path) -> list[tuple[Path, Path]]:
-    items = data.get(key, [])
-    if not isinstance(items, list):
-        raise MaxcaInputError(f"{json_path}: '{key}' must be a list, got {type(items).__name__}")
-    pairs = []
-    for i, item in enumerate(items):
-        where = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            raise MaxcaInputError(
-                f"{json_path}: {where} must be an object with 'fixed' and 'moving', got {item!r}"
-            )
-        for role in ("fixed", "moving"):
-            if role not in item:
-                raise MaxcaInputError(f"{json_path}: {where} has no '{role}' key")
-        fixed = _resolve(root, item["fixed"], f"{where}.fixed", json_path)
-        moving = _resolve(root, item["moving"], f"{where}.moving", json_path)
-        pairs.append((fixed, moving))
-    return pairs
+    return [
+        (
+            _resolve(root, item["fixed"], f"{where}.fixed", json_path),
+            _resolve(root, item["moving"], f"{where}.moving", json_path),
+        )
+        for where, item in _objects(data, key, json_path, ("fixed", "moving"))
+    ]
 
 
 def _first_modality(value: Any) -> Any:
@@ -277,3 +287,28 @@ def load_folder(
                 )
         entries.append(ImageEntry(image=image, label=label))
     return Learn2RegDataset(root=folder, training=entries, name=folder.name)
+
+
+_L2R_NAME = re.compile(r"^(?:.*_)?(\d{4})_\d{4}$")
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def l2r_case_id(path: str | os.PathLike[str]) -> str:
+    """The 4-digit Learn2Reg case id of an image file name.
+
+    ``BRAIN_0013_0000.nii.gz`` -> ``"0013"`` (``<task>_<case>_<modality>``); a name ending in a
+    number otherwise (``case7.nii.gz``) -> that number zero-padded (``"0007"``).
+
+    Raises:
+        MaxcaInputError: no case number in the name.
+    """
+    stem, _ = split_extension(path)
+    match = _L2R_NAME.match(stem)
+    if match:
+        return match.group(1)
+    match = _TRAILING_NUMBER.search(stem)
+    if match:
+        return f"{int(match.group(1)):04d}"
+    raise MaxcaInputError(
+        f"cannot find a case number in {Path(path).name!r} (expected e.g. TASK_0001_0000.nii.gz)"
+    )

@@ -17,6 +17,7 @@ tensors, label maps ``(1, *S)`` integer tensors.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -26,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from maxca._checks import NORMALISATIONS
 from maxca.data.io import Volume
 from maxca.errors import MaxcaInputError
+from maxca.spatial.grid import identity_grid
+from maxca.spatial.sample import apply_affine, sample_grid, volume_tensor
 
 __all__ = [
     "AugmentConfig",
@@ -36,6 +40,7 @@ __all__ = [
     "augment",
     "crop_or_pad",
     "crop_or_pad_volume",
+    "normalise_intensity",
     "normalize_intensity",
     "random_affine",
     "random_flip",
@@ -46,14 +51,12 @@ __all__ = [
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
-NORMALISATIONS = ("minmax", "percentile", "zscore")
-
 
 # ----------------------------------------------------------------------------------------------
 # intensity normalisation
 
 
-def normalize_intensity(
+def normalise_intensity(
     array: np.ndarray,
     mode: Literal["minmax", "percentile", "zscore"] = "minmax",
     percentiles: tuple[float, float] = (1.0, 99.0),
@@ -104,6 +107,16 @@ def normalize_intensity(
     if hi <= lo:
         return np.zeros_like(x)
     return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def normalize_intensity(*args: Any, **kwargs: Any) -> np.ndarray:
+    """Deprecated spelling of :func:`normalise_intensity` (kept for one release)."""
+    warnings.warn(
+        "normalize_intensity is deprecated; use normalise_intensity",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return normalise_intensity(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +241,8 @@ def resample_volume(
     index ``(j + 0.5) * n / m - 0.5`` (the geometry of ``F.interpolate(align_corners=False)``).
     With ``spacing`` the new spacing is exactly the requested one, ``m = round(n * old / new)``,
     and the grid stays centred on the old one. The affine is updated accordingly
-    (``new_affine = affine @ [diag(scale), offset]``).
+    (``new_affine = affine @ [diag(scale), offset]``). Sampling is
+    :func:`maxca.spatial.sample.sample_grid` in float64 with the border value beyond the edge.
 
     Args:
         volume: the input (2-D or 3-D).
@@ -236,7 +250,7 @@ def resample_volume(
         spacing: target spacing in mm (scalar or per axis); exactly one of the two.
         kind: ``"image"`` -> linear interpolation (Gaussian pre-smoothing with
             ``sigma = (factor - 1) / 2`` voxels on downsampled axes when ``antialias``);
-            ``"label"`` -> nearest neighbour, dtype kept.
+            ``"label"`` -> nearest neighbour (ties ``x.5`` go to ``x + 1``), dtype kept.
         antialias: see ``kind``.
 
     Returns:
@@ -272,19 +286,15 @@ def resample_volume(
         sigma = np.where(scale > 1, (scale - 1) / 2, 0.0)
         if antialias and np.any(sigma > 0):
             data = ndimage.gaussian_filter(data, sigma=sigma, mode="nearest")
-        out = ndimage.affine_transform(
-            data, scale, offset=offset, output_shape=tuple(new_shape), order=1, mode="nearest"
-        ).astype(np.float32)
-    else:
-        out = ndimage.affine_transform(
-            data,
-            scale,
-            offset=offset,
-            output_shape=tuple(new_shape),
-            order=0,
-            mode="nearest",
-            output=data.dtype,
-        )
+    # old index x = scale * j + offset, sampled in float64 with the border value outside
+    coords = apply_affine(
+        np.diag(scale), offset, identity_grid(tuple(new_shape), dtype=torch.float64)
+    )
+    if kind == "label":  # nearest voxel, ties rounded up (x.5 -> x + 1) on every axis
+        coords = torch.floor(coords + 0.5)
+    mode = "linear" if kind == "image" else "nearest"
+    out = sample_grid(volume_tensor(data), coords, mode, "border")[0, 0].numpy()
+    out = out.astype(np.float32) if kind == "image" else out.astype(data.dtype, copy=False)
     step = np.eye(4)
     step[:nd, :nd] = np.diag(scale)
     step[:nd, 3] = offset

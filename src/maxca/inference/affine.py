@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maxca.data.io import Volume, _sitk_geometry
+from maxca.data.io import Volume, _sitk_geometry, ras_lps_flip
 from maxca.errors import MaxcaInputError
 from maxca.inference.register import RegistrationResult
 
@@ -37,7 +37,7 @@ __all__ = [
     "write_itk_affine",
 ]
 
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (an involution)
+_FLIP = ras_lps_flip(4)  # RAS <-> LPS (an involution)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ fixed grid with affine ``A`` (channel ``k`` along array axis ``k``):
   (its arrays are ``(z, y, x, component)``, the reverse of our axis order), float64 by default so
   that ``sitk.DisplacementFieldTransform(sitk.ReadImage(path))`` accepts it directly; then
   ``sitk.Resample(moving, fixed, transform, sitk.sitkLinear)`` and ``antsApplyTransforms -t
-  disp_itk.nii.gz`` reproduce our warped image.
+  disp_itk.nii.gz`` reproduce our warped image. :func:`read_itk_displacement` reads such a field
+  (ours or one ANTs wrote) back into a voxel flow.
 * **Learn2Reg** (:func:`write_l2r_displacement`): ``disp_FFFF_MMMM.nii.gz`` holding the voxel
   displacement with shape ``(*S, d)`` (channels last, 4-D NIfTI for 3-D images) and the fixed
   affine, as the challenge's evaluation script reads it.
@@ -23,7 +24,6 @@ All writes are atomic (temporary file beside the target, then ``os.replace``).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,24 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
-from maxca.data.io import NIFTI_EXTENSIONS, Volume, split_extension, write_vector_field
+from maxca.data.io import (
+    NIFTI_EXTENSIONS,
+    Volume,
+    checked_path,
+    ras_lps_flip,
+    write_vector_field,
+)
+from maxca.data.learn2reg import l2r_case_id
 from maxca.errors import MaxcaInputError
 from maxca.inference._output import atomic_file
+from maxca.metrics._common import as_flow
 
 __all__ = [
     "VOXEL_FLOW_DESCRIP",
     "itk_displacement_image",
     "l2r_case_id",
     "l2r_disp_name",
+    "read_itk_displacement",
     "read_voxel_flow",
     "write_itk_displacement",
     "write_l2r_displacement",
@@ -49,19 +58,15 @@ __all__ = [
 #: ``descrip`` header text that marks maxca's voxel-displacement files.
 VOXEL_FLOW_DESCRIP = "maxca voxel displacement"
 
-_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
+_RAS_LPS = ras_lps_flip(3)
 
 
-def _check_flow(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    u = flow.detach().cpu().numpy() if hasattr(flow, "detach") else np.asarray(flow)
-    if u.ndim not in (3, 4) or u.shape[0] != u.ndim - 1:
-        raise MaxcaInputError(
-            f"flow must have shape (d, *S) with d = 2 or 3 spatial axes, got {u.shape}"
-        )
+def _flow_and_affine(flow: Any, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(flow as a float64 (d, *S) array, affine as a float64 (4, 4) array)``, checked."""
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4):
         raise MaxcaInputError(f"affine must be 4x4, got shape {a.shape}")
-    return u.astype(np.float64, copy=False), a
+    return as_flow(flow), a
 
 
 def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float64) -> sitk.Image:
@@ -77,7 +82,7 @@ def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float6
         a ``d``-D SimpleITK vector image of ``d`` components: pixel ``p`` holds the LPS
         displacement in mm; origin, spacing and direction are those of the grid in LPS.
     """
-    u, a = _check_flow(flow, affine)
+    u, a = _flow_and_affine(flow, affine)
     d = u.shape[0]
     disp_lps = np.tensordot(_RAS_LPS @ a[:3, :d], u, axes=1)[:d]  # (d, *S), LPS mm
     lps = _RAS_LPS @ a[:3, :]
@@ -95,6 +100,63 @@ def itk_displacement_image(flow: Any, affine: np.ndarray, dtype: Any = np.float6
     return image
 
 
+def read_itk_displacement(
+    field: sitk.Image | str | os.PathLike[str],
+    fixed_affine: np.ndarray | None = None,
+    fixed_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Read an ITK/ANTs displacement field of the fixed grid back into a voxel flow.
+
+    The inverse of :func:`itk_displacement_image`: an ITK field holds at fixed voxel ``p`` the
+    physical displacement ``D`` (mm, ITK's LPS frame) from the fixed point ``x(p)`` to the
+    moving point ``x(p) + D``. With the field grid's voxel-to-physical matrix
+    ``M = direction @ diag(spacing)`` the voxel flow is ``u = M^-1 D`` (docs/conventions.md).
+
+    Args:
+        field: a SimpleITK vector image of ``d`` components, or the path of one
+            (``.nii.gz``, ``.mha``, ...), e.g. ANTs' ``*Warp.nii.gz``.
+        fixed_affine: the fixed ``(4, 4)`` RAS affine; when given, the field's grid must be
+            the fixed grid (direction/spacing within 1e-4, origin within 1e-3 mm).
+        fixed_shape: the fixed grid's shape, checked when given.
+
+    Returns:
+        ``(d, *S)`` float32 voxel displacement in maxca's array axis order.
+
+    Raises:
+        MaxcaInputError: not a ``d``-component field, or a field of another grid.
+    """
+    image = field
+    if not isinstance(image, sitk.Image):
+        try:
+            image = sitk.ReadImage(str(field))
+        except RuntimeError as exc:
+            raise MaxcaInputError(f"{field}: not a readable ITK image") from exc
+    d = image.GetDimension()
+    if d not in (2, 3) or image.GetNumberOfComponentsPerPixel() != d:
+        raise MaxcaInputError(
+            f"expected a 2-D or 3-D displacement field of d components, got a {d}-D image of "
+            f"{image.GetNumberOfComponentsPerPixel()} components"
+        )
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)  # (z, y, x, d) / (y, x, d)
+    disp = np.moveaxis(arr, -1, 0).transpose(0, *range(d, 0, -1))  # (d, i, j[, k])
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(d, d)
+    M = direction * spacing[None, :]
+    shape = tuple(int(s) for s in image.GetSize())
+    if fixed_shape is not None and tuple(int(s) for s in fixed_shape) != shape:
+        raise MaxcaInputError(
+            f"field grid {shape} differs from the fixed grid {tuple(fixed_shape)}"
+        )
+    if fixed_affine is not None:
+        lps = _RAS_LPS @ np.asarray(fixed_affine, dtype=np.float64)[:3, :]
+        if not (
+            np.allclose(M, lps[:d, :d], atol=1e-4)
+            and np.allclose(image.GetOrigin(), lps[:d, 3], atol=1e-3)
+        ):
+            raise MaxcaInputError("the displacement field's grid is not the fixed image's grid")
+    return np.tensordot(np.linalg.inv(M), disp, axes=1).astype(np.float32)
+
+
 def write_itk_displacement(
     path: str | os.PathLike[str], flow: Any, affine: np.ndarray, dtype: Any = np.float64
 ) -> Path:
@@ -106,10 +168,9 @@ def write_itk_displacement(
         affine: ``(4, 4)`` RAS affine of the fixed grid.
         dtype: on-disk component type, ``np.float64`` (default) or ``np.float32``.
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in (*NIFTI_EXTENSIONS, ".mha", ".nrrd"):
-        raise MaxcaInputError(f"{path}: ITK fields are written as .nii.gz, .nii, .mha or .nrrd")
+    path, ext = checked_path(
+        path, (*NIFTI_EXTENSIONS, ".mha", ".nrrd"), "cannot write an ITK field with extension"
+    )
     image = itk_displacement_image(flow, affine, dtype)
     with atomic_file(path, ext) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
@@ -124,11 +185,8 @@ def write_l2r_displacement(path: str | os.PathLike[str], flow: Any, affine: np.n
         flow: ``(d, *S)`` voxel displacement of the fixed grid.
         affine: ``(4, 4)`` RAS affine of the fixed grid (written as sform and qform).
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in NIFTI_EXTENSIONS:
-        raise MaxcaInputError(f"{path}: Learn2Reg displacement files are NIfTI (.nii.gz)")
-    u, a = _check_flow(flow, affine)
+    path, ext = checked_path(path, NIFTI_EXTENSIONS, "Learn2Reg displacement files are NIfTI, got")
+    u, a = _flow_and_affine(flow, affine)
     channels_last = np.ascontiguousarray(np.moveaxis(u, 0, -1).astype(np.float32))
     image = nib.Nifti1Image(channels_last, a)
     image.header.set_xyzt_units("mm")
@@ -147,7 +205,7 @@ def write_voxel_flow(path: str | os.PathLike[str], flow: Any, fixed: Volume) -> 
         flow: ``(d, *S)`` voxel displacement of ``fixed``'s grid.
         fixed: the fixed volume (affine and NIfTI header reused).
     """
-    u, _ = _check_flow(flow, fixed.affine)
+    u, _ = _flow_and_affine(flow, fixed.affine)
     if tuple(u.shape[1:]) != fixed.shape:
         raise MaxcaInputError(
             f"flow grid {tuple(u.shape[1:])} differs from the fixed grid {fixed.shape}"
@@ -171,12 +229,9 @@ def read_voxel_flow(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     Returns:
         ``(flow (d, *S) float32, affine (4, 4))``.
     """
-    path = Path(path)
-    _, ext = split_extension(path)
-    if ext not in NIFTI_EXTENSIONS:
-        raise MaxcaInputError(f"{path}: displacement files are read from NIfTI, got {ext!r}")
-    if not path.is_file():
-        raise MaxcaInputError(f"file not found: {path}")
+    path, _ = checked_path(
+        path, NIFTI_EXTENSIONS, "displacement files are read from NIfTI, got", True
+    )
     try:
         image = nib.load(str(path))
         data = np.asarray(image.dataobj, dtype=np.float32)
@@ -208,31 +263,6 @@ def read_voxel_flow(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     if not np.all(np.isfinite(data)):
         raise MaxcaInputError(f"{path}: displacement has NaN/Inf values")
     return np.ascontiguousarray(np.moveaxis(data, -1, 0)), affine
-
-
-_L2R_NAME = re.compile(r"^(?:.*_)?(\d{4})_\d{4}$")
-_TRAILING_NUMBER = re.compile(r"(\d+)$")
-
-
-def l2r_case_id(path: str | os.PathLike[str]) -> str:
-    """The 4-digit Learn2Reg case id of an image file name.
-
-    ``BRAIN_0013_0000.nii.gz`` -> ``"0013"`` (``<task>_<case>_<modality>``); a name ending in a
-    number otherwise (``case7.nii.gz``) -> that number zero-padded (``"0007"``).
-
-    Raises:
-        MaxcaInputError: no case number in the name.
-    """
-    stem, _ = split_extension(path)
-    match = _L2R_NAME.match(stem)
-    if match:
-        return match.group(1)
-    match = _TRAILING_NUMBER.search(stem)
-    if match:
-        return f"{int(match.group(1)):04d}"
-    raise MaxcaInputError(
-        f"cannot find a case number in {Path(path).name!r} (expected e.g. TASK_0001_0000.nii.gz)"
-    )
 
 
 def l2r_disp_name(fixed: str | os.PathLike[str], moving: str | os.PathLike[str]) -> str:

@@ -32,15 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from scipy import ndimage
 
+from maxca._checks import NORMALISATIONS, check_flow, resolve_device
 from maxca.data.io import Volume, check_same_grid
-from maxca.data.transforms import NORMALISATIONS, normalize_intensity
+from maxca.data.transforms import normalise_intensity
 from maxca.errors import MaxcaInputError
 from maxca.models.checkpoint import CheckpointInfo
 from maxca.models.preprocessing import Preprocessing
 from maxca.spatial import identity_grid, integrate_velocity
+from maxca.spatial.sample import apply_affine, sample_grid, volume_tensor
 
 __all__ = [
     "ModelGrid",
@@ -53,9 +54,6 @@ __all__ = [
     "sample_grid",
     "warp_volume",
 ]
-
-DEVICES = ("auto", "cpu", "cuda")
-
 
 # ----------------------------------------------------------------------------------------------
 # grids and index maps
@@ -158,93 +156,8 @@ def index_map(
     return B, b
 
 
-def _apply(B: np.ndarray, b: np.ndarray, points: torch.Tensor) -> torch.Tensor:
-    """``B @ points + b`` for ``points`` of shape ``(d, *S)`` -> ``(d, *S)``."""
-    d = points.shape[0]
-    out = [
-        sum(float(B[i, j]) * points[j] for j in range(d) if B[i, j] != 0.0) + float(b[i])
-        for i in range(d)
-    ]
-    return torch.stack([o if torch.is_tensor(o) else torch.full_like(points[0], o) for o in out])
-
-
 # ----------------------------------------------------------------------------------------------
 # sampling
-
-
-def _work_dtype(image: torch.Tensor, mode: str) -> torch.dtype:
-    if image.is_floating_point():
-        return torch.promote_types(image.dtype, torch.float32)
-    if image.dtype in (torch.int32, torch.int64) or mode == "linear":
-        return torch.float64 if image.dtype in (torch.int32, torch.int64) else torch.float32
-    return torch.float32  # uint8, int8, int16, bool: exact in float32
-
-
-def sample_grid(
-    image: torch.Tensor, coords: torch.Tensor, mode: str = "linear", padding_mode: str = "zeros"
-) -> torch.Tensor:
-    """Sample ``image`` at arbitrary voxel coordinates.
-
-    Args:
-        image: ``(B, C, *S_in)`` floating image or integer/bool label map.
-        coords: ``(d, *S_out)`` (or ``(B, d, *S_out)``) voxel coordinates in ``image``'s array
-            axis order (channel ``k`` = index along axis ``k``); voxel index ``p`` is voxel
-            centre ``p``.
-        mode: ``"linear"`` or ``"nearest"`` (label maps: values copied exactly, dtype kept).
-        padding_mode: ``"zeros"`` or ``"border"``.
-
-    Returns:
-        ``(B, C, *S_out)``.
-    """
-    if mode not in ("linear", "nearest"):
-        raise MaxcaInputError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    if padding_mode not in ("zeros", "border"):
-        raise MaxcaInputError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-    d = image.dim() - 2
-    if coords.dim() == d + 1:
-        coords = coords.unsqueeze(0).expand(image.shape[0], *coords.shape)
-    if coords.shape[1] != d:
-        raise MaxcaInputError(
-            f"coords must have {d} channels for a {d}-D image, got shape {tuple(coords.shape)}"
-        )
-    work = _work_dtype(image, mode)
-    src = image.to(work)
-    sizes = list(image.shape[2:])
-    offsets = [0] * d
-    if 1 in sizes:  # grid_sample cannot normalise a size-1 axis: pad it to 3 voxels
-        pad: list[int] = []
-        for k in reversed(range(d)):
-            pad += [1, 1] if sizes[k] == 1 else [0, 0]
-        src = F.pad(src, pad, mode="constant" if padding_mode == "zeros" else "replicate")
-        offsets = [1 if n == 1 else 0 for n in sizes]
-        sizes = [3 if n == 1 else n for n in sizes]
-    coords = coords.to(work)
-    sample = torch.stack(
-        [(coords[:, k] + offsets[k]) * (2.0 / (sizes[k] - 1)) - 1.0 for k in reversed(range(d))],
-        dim=-1,
-    )  # (B, *S_out, d) in grid_sample's x = last axis order
-    out = F.grid_sample(
-        src,
-        sample,
-        mode="bilinear" if mode == "linear" else "nearest",
-        padding_mode=padding_mode,
-        align_corners=True,
-    )
-    if mode == "nearest" and not image.is_floating_point():
-        out = out.round().to(image.dtype)
-    return out
-
-
-def _torch_spatial(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``(*S)`` numpy array -> ``(1, 1, *S)`` tensor (labels keep an integer dtype)."""
-    arr = np.ascontiguousarray(array)
-    if arr.dtype == np.uint16:
-        arr = arr.astype(np.int32)
-    elif arr.dtype in (np.uint32, np.uint64):
-        arr = arr.astype(np.int64)
-    elif arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    return torch.from_numpy(arr)[None, None].to(device)
 
 
 def resample_to_grid(
@@ -274,9 +187,9 @@ def resample_to_grid(
         if antialias and np.any(sigma > 0):
             array = ndimage.gaussian_filter(array, sigma=sigma, mode="nearest").astype(np.float32)
     dev = torch.device(device)
-    src = _torch_spatial(array, dev)
+    src = volume_tensor(array, dev)
     base = identity_grid(grid.shape, device=dev, dtype=torch.float32)
-    coords = _apply(B, b, base)
+    coords = apply_affine(B, b, base)
     mode = "linear" if kind == "image" else "nearest"
     return sample_grid(src, coords, mode=mode, padding_mode="zeros")
 
@@ -302,9 +215,9 @@ def flow_to_fixed_grid(
         return grid_flow
     B, b = index_map(fixed_affine, grid.affine, d)  # fixed index -> grid index
     base = identity_grid(fixed_shape, device=grid_flow.device, dtype=grid_flow.dtype)
-    sampled = sample_grid(grid_flow, _apply(B, b, base), "linear", padding_mode="border")[0]
+    sampled = sample_grid(grid_flow, apply_affine(B, b, base), "linear", padding_mode="border")[0]
     K = np.linalg.pinv(np.asarray(fixed_affine)[:3, :d]) @ grid.affine[:3, :d]
-    return _apply(K, np.zeros(d), sampled)[None]
+    return apply_affine(K, np.zeros(d), sampled)[None]
 
 
 def warp_volume(
@@ -329,14 +242,11 @@ def warp_volume(
         ``(1, 1, *S_f)`` tensor (float32 for images, the label dtype for label maps).
     """
     d = moving.ndim
-    if flow.dim() != d + 2 or flow.shape[1] != d:
-        raise MaxcaInputError(
-            f"flow must have shape (1, {d}, *S) for a {d}-D moving volume, got {tuple(flow.shape)}"
-        )
+    check_flow(flow, "flow", spatial_dims=d)
     B, b = index_map(fixed_affine, moving.affine, d)
     base = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
-    coords = _apply(B, b, base + flow[0])
-    src = _torch_spatial(
+    coords = apply_affine(B, b, base + flow[0])
+    src = volume_tensor(
         moving.array if kind == "label" else np.asarray(moving.array, np.float32), flow.device
     )
     return sample_grid(src, coords, "linear" if kind == "image" else "nearest", "zeros")
@@ -344,18 +254,6 @@ def warp_volume(
 
 # ----------------------------------------------------------------------------------------------
 # registration
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` must be available."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.split(":")[0] not in ("cpu", "cuda"):
-        raise MaxcaInputError(f"device must be one of {list(DEVICES)}, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MaxcaInputError(f"device {name!r} requested but CUDA is not available here")
-    return torch.device(name)
 
 
 @dataclass
@@ -506,7 +404,7 @@ def register_pair(
     def prepare(volume: Volume) -> torch.Tensor:
         array = volume.array
         if mode is not None:  # statistics of the whole image as read, as in training
-            array = normalize_intensity(array, mode, percentiles)  # type: ignore[arg-type]
+            array = normalise_intensity(array, mode, percentiles)  # type: ignore[arg-type]
         return resample_to_grid(Volume(array, volume.affine), grid, "image", dev)
 
     f_grid, m_grid = prepare(fixed), prepare(moving)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from maxca._checks import SIMILARITIES
 from maxca.errors import MaxcaInputError
 from maxca.layers.factories import check_spatial_dims
 from maxca.losses.regularizers import BendingEnergy, Diffusion
@@ -14,7 +15,6 @@ from maxca.losses.similarity import MSE, DiceLoss, LocalNCC
 
 __all__ = ["SIMILARITIES", "TERMS", "RegistrationLoss"]
 
-SIMILARITIES = ("ncc", "mse")
 TERMS = ("similarity", "diffusion", "bending", "dice")
 DEFAULT_WEIGHTS = {"similarity": 1.0, "diffusion": 1.0}
 

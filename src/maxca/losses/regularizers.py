@@ -8,9 +8,9 @@ import itertools
 import torch
 import torch.nn as nn
 
+from maxca._checks import check_flow
 from maxca.errors import MaxcaInputError
 from maxca.layers.factories import check_spatial_dims
-from maxca.losses._checks import check_flow
 
 __all__ = ["BendingEnergy", "Diffusion"]
 
@@ -39,7 +39,7 @@ class Diffusion(nn.Module):
 
     def forward(self, flow: torch.Tensor) -> torch.Tensor:
         """``flow``: ``(B, d, *S)``, every size >= 2 -> scalar."""
-        check_flow(flow, self.spatial_dims, min_size=2)
+        check_flow(flow, "flow", self.spatial_dims, min_size=2)
         terms = []
         for k in range(self.spatial_dims):
             n = flow.shape[2 + k]
@@ -70,7 +70,7 @@ class BendingEnergy(nn.Module):
 
     def forward(self, flow: torch.Tensor) -> torch.Tensor:
         """``flow``: ``(B, d, *S)``, every size >= 3 -> scalar."""
-        check_flow(flow, self.spatial_dims, min_size=3)
+        check_flow(flow, "flow", self.spatial_dims, min_size=3)
         d = self.spatial_dims
         sizes = flow.shape[2:]
 

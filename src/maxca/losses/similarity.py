@@ -13,16 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maxca._checks import check_same_shape, check_spatial_tensor, shape_str
 from maxca.errors import MaxcaInputError
 from maxca.layers.factories import check_spatial_dims
-from maxca.losses._checks import (
-    check_same_shape,
-    check_spatial_tensor,
-    shape_str,
-    working_dtype,
-)
 
 __all__ = ["DiceLoss", "LocalNCC", "MSE", "one_hot"]
+
+
+def working_dtype(x: torch.Tensor) -> torch.dtype:
+    """Float32 for half-precision inputs (sums of squares overflow), the input dtype otherwise."""
+    return torch.promote_types(x.dtype, torch.float32)
+
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
 

@@ -5,7 +5,12 @@ channel ``k`` along spatial axis ``k`` (``docs/conventions.md``). Definitions, a
 Learn2Reg-compatible variants differ, are in ``docs/metrics.md``.
 """
 
-from maxca.metrics.jacobian import jacobian_determinant, njd_percent, sdlogj
+from maxca.metrics.jacobian import (
+    jacobian_determinant,
+    jacobian_determinant_array,
+    njd_percent,
+    sdlogj,
+)
 from maxca.metrics.l2r import (
     l2r_dice,
     l2r_hd95,
@@ -31,7 +36,8 @@ __all__ = [
     "dice",
     "evaluate_pair",
     "hd95",
-    "jacobian_determinant",
+    "jacobian_determinant",  # deprecated: jacobian_determinant_array
+    "jacobian_determinant_array",
     "l2r_dice",
     "l2r_hd95",
     "l2r_jacobian_determinant",

@@ -1,4 +1,4 @@
-"""Input checks and small helpers shared by the metric modules (numpy only, no torch import).
+"""Input checks and small helpers shared by the metric modules (numpy arrays in and out).
 
 Every public metric accepts numpy arrays, torch tensors or anything ``np.asarray`` takes. Spatial
 arrays are in file voxel order ``(*S)``; flows are ``(d, *S)`` voxel displacements with channel
@@ -17,14 +17,10 @@ from typing import Any
 import numpy as np
 
 from maxca import _atomic
+from maxca._checks import dims_str as shape_str
 from maxca.errors import MaxcaInputError
 
 ArrayLike = Any  # numpy array, torch tensor, or nested sequence
-
-
-def shape_str(shape: Sequence[int]) -> str:
-    """``(2, 3, 4)`` written as ``2x3x4`` (``scalar`` for ``()``)."""
-    return "x".join(str(int(s)) for s in shape) if len(shape) else "scalar"
 
 
 def as_numpy(x: ArrayLike, name: str) -> np.ndarray:

@@ -9,56 +9,56 @@ voxel spacing.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from maxca.errors import MaxcaInputError
 from maxca.metrics._common import ArrayLike, as_flow, as_mask, shape_str
 
-__all__ = ["jacobian_determinant", "njd_percent", "sdlogj", "LOG_CLIP"]
+__all__ = ["jacobian_determinant_array", "njd_percent", "sdlogj", "LOG_CLIP"]
 
 #: Positive determinants are clipped to at least this value before the logarithm in
 #: :func:`sdlogj`, so one nearly singular voxel cannot dominate the standard deviation.
 LOG_CLIP = 1e-9
 
 
-def determinant(J: list[list[np.ndarray]]) -> np.ndarray:  # noqa: N803 (matrix name)
-    """Determinant of a field of 2x2 or 3x3 matrices given as nested lists of ``(*S)`` arrays."""
-    if len(J) == 2:
-        return J[0][0] * J[1][1] - J[0][1] * J[1][0]
-    return (
-        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
-        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
-        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
-    )
+def jacobian_determinant_array(flow: ArrayLike) -> np.ndarray:
+    """:func:`maxca.spatial.jacobian_determinant` for one numpy flow, in float64.
 
-
-def jacobian_determinant(flow: ArrayLike) -> np.ndarray:
-    """Determinant of ``J = I + grad u`` of ``phi(p) = p + u(p)`` at every voxel.
-
-    ``J[i, j] = delta_ij + d u_i / d p_j`` with ``u_i`` channel ``i``; derivatives come from
-    ``numpy.gradient`` in voxel units: central differences ``(u(p + e_j) - u(p - e_j)) / 2``
-    inside, one-sided differences on the first and last voxel of every axis, so the result has
-    the full grid size and is exact for affine flows everywhere.
+    ``J = I + grad u`` of ``phi(p) = p + u(p)`` with central differences inside and one-sided
+    differences on the first and last voxel of every axis (exact for affine flows everywhere).
 
     Args:
-        flow: ``(d, *S)`` voxel displacement, ``d = len(S)`` in (2, 3), every size ``>= 2``.
+        flow: ``(d, *S)`` (or ``(1, d, *S)``) voxel displacement, ``d = len(S)`` in (2, 3),
+            every size ``>= 2``; numpy array, torch tensor or nested sequence.
 
     Returns:
         ``(*S)`` float64 determinant; values ``<= 0`` mark folding.
     """
+    import torch
+
+    from maxca.spatial.jacobian import jacobian_determinant as _torch_determinant
+
     u = as_flow(flow)
-    d = u.shape[0]
     if min(u.shape[1:]) < 2:
         raise MaxcaInputError(
             "flow must have at least 2 voxels along every spatial axis to take derivatives, "
             f"got shape {shape_str(u.shape)}"
         )
-    J = []
-    for i in range(d):
-        grads = np.gradient(u[i], axis=tuple(range(d)))  # d x (*S): d u_i / d p_j
-        J.append([g + 1.0 if i == j else g for j, g in enumerate(grads)])
-    return determinant(J)
+    return _torch_determinant(torch.from_numpy(np.ascontiguousarray(u))[None])[0].numpy()
+
+
+def jacobian_determinant(flow: ArrayLike) -> np.ndarray:
+    """Deprecated name of :func:`jacobian_determinant_array` (kept for one release; the torch
+    function of that name is :func:`maxca.spatial.jacobian_determinant`)."""
+    warnings.warn(
+        "maxca.metrics.jacobian_determinant is deprecated; use jacobian_determinant_array "
+        "(numpy) or maxca.spatial.jacobian_determinant (torch)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return jacobian_determinant_array(flow)
 
 
 def njd_percent(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
@@ -71,7 +71,7 @@ def njd_percent(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
     Returns:
         ``100 * #{det <= 0} / #voxels`` in ``[0, 100]``.
     """
-    det = jacobian_determinant(flow)
+    det = jacobian_determinant_array(flow)
     m = as_mask(mask, det.shape)
     values = det if m is None else det[m]
     return 100.0 * float(np.count_nonzero(values <= 0)) / values.size
@@ -91,7 +91,7 @@ def sdlogj(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
     Returns:
         The standard deviation (0 for any affine flow); ``NaN`` when no voxel has ``det > 0``.
     """
-    det = jacobian_determinant(flow)
+    det = jacobian_determinant_array(flow)
     m = as_mask(mask, det.shape)
     values = det if m is None else det[m]
     values = values[values > 0]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.ndimage import correlate1d, distance_transform_edt, map_coordinates
@@ -49,8 +49,8 @@ from maxca.metrics._common import (
     as_spacing,
     shape_str,
 )
-from maxca.metrics.jacobian import determinant
 from maxca.metrics.landmarks import _as_point_pairs
+from maxca.spatial.jacobian import determinant
 
 __all__ = [
     "L2R_CROP",
@@ -304,6 +304,24 @@ def _l2r_maps(
     return f, m, w
 
 
+def _per_label(
+    fixed_label: ArrayLike,
+    moving_label: ArrayLike,
+    warped_label: ArrayLike,
+    labels: Sequence[int] | None,
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> dict[int, float]:
+    """``{label: score(fixed == label, warped == label)}``, ``NaN`` where the label is absent
+    from the fixed or the moving map (the script's rule for which labels count)."""
+    f, m, w = _l2r_maps(fixed_label, moving_label, warped_label)
+    out: dict[int, float] = {}
+    for lab in as_labels(labels, f, m):
+        mf = f == lab
+        present = mf.any() and (m == lab).any()
+        out[lab] = score(mf, w == lab) if present else math.nan
+    return out
+
+
 def l2r_dice(
     fixed_label: ArrayLike,
     moving_label: ArrayLike,
@@ -321,15 +339,11 @@ def l2r_dice(
     Returns:
         ``{label: 2 |F ∩ W| / (|F| + |W|)}``.
     """
-    f, m, w = _l2r_maps(fixed_label, moving_label, warped_label)
-    out: dict[int, float] = {}
-    for lab in as_labels(labels, f, m):
-        mf, mw = f == lab, w == lab
-        if not mf.any() or not (m == lab).any():
-            out[lab] = math.nan
-            continue
-        out[lab] = 2.0 * int(np.logical_and(mf, mw).sum()) / (int(mf.sum()) + int(mw.sum()))
-    return out
+
+    def dice_of(mf: np.ndarray, mw: np.ndarray) -> float:
+        return 2.0 * int(np.logical_and(mf, mw).sum()) / (int(mf.sum()) + int(mw.sum()))
+
+    return _per_label(fixed_label, moving_label, warped_label, labels, dice_of)
 
 
 def l2r_hd95(
@@ -340,26 +354,17 @@ def l2r_hd95(
 ) -> dict[int, float]:
     """The script's HD95 per label, in voxels (unit spacing), DeepMind surfel definition.
 
-    Args:
-        fixed_label: ``(*S)`` fixed label map.
-        moving_label: ``(*S)`` moving label map (only used to decide which labels count).
-        warped_label: ``(*S)`` moving labels warped onto the fixed grid.
-        labels: labels to score; ``None`` = every non-zero label of the fixed or moving map.
+    The arguments are those of :func:`l2r_dice`.
 
     Returns:
         ``{label: hd95_voxels}``: ``NaN`` when the label is absent from fixed or moving,
         ``inf`` when it is absent from the warped map only.
     """
-    f, m, w = _l2r_maps(fixed_label, moving_label, warped_label)
-    unit = (1.0,) * f.ndim
-    out: dict[int, float] = {}
-    for lab in as_labels(labels, f, m):
-        mf = f == lab
-        if not mf.any() or not (m == lab).any():
-            out[lab] = math.nan
-            continue
-        out[lab] = robust_hausdorff(mf, w == lab, unit, 95.0)
-    return out
+
+    def hd95_of(mf: np.ndarray, mw: np.ndarray) -> float:
+        return robust_hausdorff(mf, mw, (1.0,) * mf.ndim, 95.0)
+
+    return _per_label(fixed_label, moving_label, warped_label, labels, hd95_of)
 
 
 # --------------------------------------------------------------------------------------------

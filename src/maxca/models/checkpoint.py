@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from maxca._atomic import atomic_dir
 from maxca._version import __version__
 from maxca.errors import MaxcaInputError
 from maxca.models.preprocessing import Preprocessing
@@ -135,13 +134,8 @@ def save_checkpoint(
     if not isinstance(data, Preprocessing):
         data = Preprocessing.from_dict(data)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = model.module if hasattr(model, "module") else model  # unwrap DDP
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is a normal folder
-    try:
+    with atomic_dir(path, fsync=True) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={CHECKSUM_KEY: weights_sha256(tensors)})
         meta = {
@@ -154,21 +148,6 @@ def save_checkpoint(
         (tmp / META).write_text(json.dumps(meta, indent=2, default=_json_default))
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / OPTIM)
-        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

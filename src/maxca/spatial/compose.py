@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from maxca.spatial._checks import check_flow, check_flow_matches
+from maxca._checks import check_flow, check_flow_matches
 from maxca.spatial.warp import warp
 
 __all__ = ["compose"]

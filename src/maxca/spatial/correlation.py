@@ -7,8 +7,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from maxca._checks import check_floating, check_image, check_int, shape_str
 from maxca.errors import MaxcaInputError
-from maxca.spatial._checks import check_floating, check_image, check_int, shape_str
 
 __all__ = ["correlation", "correlation_offsets"]
 

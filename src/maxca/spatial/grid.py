@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from maxca._checks import as_int
 from maxca.errors import MaxcaInputError
-from maxca.spatial._checks import as_int
 
 __all__ = ["identity_grid", "clear_grid_cache"]
 

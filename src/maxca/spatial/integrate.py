@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from maxca.spatial._checks import check_flow, check_int
+from maxca._checks import check_flow, check_int
 from maxca.spatial.compose import compose
 
 __all__ = ["integrate_velocity", "VecInt"]

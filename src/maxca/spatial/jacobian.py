@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
 import torch
 
+from maxca._checks import check_flow, shape_str
 from maxca.errors import MaxcaInputError
-from maxca.spatial._checks import check_flow, shape_str
 
-__all__ = ["jacobian_determinant"]
+__all__ = ["jacobian_determinant", "determinant"]
+
+T = TypeVar("T", bound=Any)
 
 
 def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
@@ -35,7 +40,13 @@ def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
     grads = torch.gradient(flow, dim=tuple(range(2, 2 + d)))  # d x (B, d, *S): d/dp_j
     # J[i][j] = delta_ij + d u_i / d p_j, each (B, *S)
     J = [[grads[j][:, i] + (1.0 if i == j else 0.0) for j in range(d)] for i in range(d)]
-    if d == 2:
+    return determinant(J)
+
+
+def determinant(J: Sequence[Sequence[T]]) -> T:  # noqa: N803 (matrix name)
+    """Determinant of a field of 2x2 or 3x3 matrices given as nested lists ``J[i][j]`` of
+    same-shape tensors or arrays (explicit expansion, no batching of the matrix axes)."""
+    if len(J) == 2:
         return J[0][0] * J[1][1] - J[0][1] * J[1][0]
     return (
         J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from maxca.spatial._checks import check_choice, check_flow, check_image, check_size
+from maxca._checks import check_choice, check_flow, check_image, check_size
 
 __all__ = ["resize_flow", "resize_image", "RESIZE_MODES"]
 

@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from maxca.spatial._checks import (
-    check_choice,
-    check_flow_matches,
-    check_image,
-)
+from maxca._checks import check_choice, check_flow_matches, check_image
 from maxca.spatial.grid import identity_grid
+from maxca.spatial.sample import PADDING_MODES, sample_grid, work_dtype
 
 __all__ = ["warp", "Warp", "WARP_MODES", "PADDING_MODES"]
 
 WARP_MODES = ("linear", "nearest")
-PADDING_MODES = ("zeros", "border")
-
-_GRID_SAMPLE_MODE = {"linear": "bilinear", "nearest": "nearest"}  # "bilinear" is trilinear in 3-D
-_PAD_MODE = {"zeros": "constant", "border": "replicate"}
-
-
-def _working_dtype(image: torch.Tensor, flow: torch.Tensor, mode: str) -> torch.dtype:
-    """Floating dtype in which grid_sample runs (image and grid must share it)."""
-    if image.is_floating_point():
-        return torch.promote_types(image.dtype, flow.dtype)
-    if mode == "nearest" and image.dtype in (torch.int32, torch.int64):
-        return torch.float64  # exact for every int32 and for int64 labels below 2**53
-    return torch.promote_types(flow.dtype, torch.float32)  # bool, uint8, int8, int16: exact
 
 
 def warp(
@@ -61,53 +44,18 @@ def warp(
         copied exactly; ``mode="linear"`` returns the flow's floating dtype (promoted with
         float32).
 
-    Implementation: ``F.grid_sample`` with ``align_corners=True`` on coordinates normalised as
-    ``2 * (p + u) / (size - 1) - 1`` in grid_sample's reversed (x = last axis) channel order, so
-    voxel index ``p`` is exactly voxel centre ``p``. Axes of size 1 are padded by one voxel on
-    each side (zeros or replicated, per ``padding_mode``) so no division by zero occurs and
-    displacements along them still behave as for any other axis. Differentiable with respect to
-    ``image`` and (for ``mode="linear"``) ``flow``.
+    Implementation: :func:`maxca.spatial.sample.sample_grid` at the coordinates ``p + u(p)``
+    (voxel index ``p`` is exactly voxel centre ``p``; axes of size 1 behave as any other).
+    Differentiable with respect to ``image`` and (for ``mode="linear"``) ``flow``.
     """
     check_choice(mode, "mode", WARP_MODES)
     check_choice(padding_mode, "padding_mode", PADDING_MODES)
-    d = check_image(image, "image")
+    check_image(image, "image")
     check_flow_matches(flow, image, "flow", "the image")
 
-    # integer/bool label maps warped with "nearest" come back in their own dtype
-    out_dtype = image.dtype if (mode == "nearest" and not image.is_floating_point()) else None
-    work = _working_dtype(image, flow, mode)
-    src = image.to(work)
-    flow = flow.to(work)
-
-    sizes = list(image.shape[2:])
-    offsets = [0] * d
-    if 1 in sizes:
-        pad: list[int] = []  # F.pad order: last axis first, (before, after) pairs
-        for k in reversed(range(d)):
-            pad += [1, 1] if sizes[k] == 1 else [0, 0]
-        src = F.pad(src, pad, mode=_PAD_MODE[padding_mode])
-        offsets = [1 if n == 1 else 0 for n in sizes]
-        sizes = [3 if n == 1 else n for n in sizes]
-
+    work = work_dtype(image, flow.dtype, mode)
     grid = identity_grid(image.shape[2:], device=flow.device, dtype=work)  # (d, *S), read-only
-    # (B, *S, d), last dim in grid_sample order (x = last spatial axis)
-    sample = torch.stack(
-        [
-            (grid[k] + flow[:, k] + offsets[k]) * (2.0 / (sizes[k] - 1)) - 1.0
-            for k in reversed(range(d))
-        ],
-        dim=-1,
-    )
-    out = F.grid_sample(
-        src,
-        sample,
-        mode=_GRID_SAMPLE_MODE[mode],
-        padding_mode=padding_mode,
-        align_corners=True,
-    )
-    if out_dtype is not None:
-        out = out.round().to(out_dtype)
-    return out
+    return sample_grid(image, grid + flow.to(work), mode=mode, padding_mode=padding_mode)
 
 
 class Warp(nn.Module):

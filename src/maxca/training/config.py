@@ -35,6 +35,7 @@ from typing import Any, Union
 import yaml
 
 from maxca._atomic import atomic_write_text
+from maxca._checks import DEVICES, NORMALISATIONS, PAIR_MODES, SIMILARITIES
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -55,10 +56,7 @@ __all__ = [
     "save_config",
 ]
 
-PAIR_MODES = ("random", "atlas", "pairs")
 RESIZE_MODES = ("crop_or_pad", "resample")
-NORMALISATIONS = ("minmax", "percentile", "zscore")
-SIMILARITIES = ("ncc", "mse")
 SCHEDULES = ("constant", "cosine", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 VAL_SPLITS = ("registration_val", "registration_test")
@@ -98,6 +96,32 @@ class ModelSection:
     def __post_init__(self) -> None:
         if not self.name:
             raise MaxcaInputError("model.name must be a registered model name, got empty")
+
+
+def _check_model(model: ModelSection, shape: Sequence[int] | None) -> None:
+    """Validate ``model.name`` and ``model.config`` now, before any data is read.
+
+    The options are checked by the model's own config class (as ``create_model`` would); when
+    the config gives no ``spatial_dims`` they are tried for the grid's axes (``data.shape``),
+    or for 3-D and 2-D when the grid comes from the files.
+    """
+    from maxca.models import get_default_config, list_models
+
+    if model.name not in list_models():
+        raise MaxcaInputError(f"model.name must be one of {list_models()}, got {model.name!r}")
+    options = dict(model.config)
+    if "spatial_dims" in options:
+        dims: tuple[int, ...] = (options.pop("spatial_dims"),)
+    else:
+        dims = (len(shape),) if shape else (3, 2)
+    errors = []
+    for d in dims:
+        try:
+            get_default_config(model.name, spatial_dims=d, **options)
+            return
+        except (MaxcaInputError, TypeError, ValueError) as exc:
+            errors.append(exc)
+    raise MaxcaInputError(f"model.config: {errors[0]}") from errors[0]
 
 
 @dataclass
@@ -328,7 +352,7 @@ class ExperimentConfig:
                 bound = ">= 0" if key == "val_every" else ">= 1"
                 raise MaxcaInputError(f"{key} must be {bound}, got {value}")
         if not (
-            self.device in ("auto", "cpu", "cuda")
+            self.device in DEVICES
             or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise MaxcaInputError(
@@ -350,6 +374,7 @@ class ExperimentConfig:
                 "an intensity similarity between independently synthesised contrasts is "
                 "meaningless: set data.synth_contrast=shared or loss.weights.similarity=0"
             )
+        _check_model(self.model, self.data.shape)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""
@@ -394,6 +419,21 @@ def _is_str_type(tp: Any) -> bool:
     return tp is str
 
 
+def _as_number(value: Any, tp: type) -> int | float | None:
+    """``value`` as an ``int`` (integral floats and numeric strings too) or a ``float``
+    (ints and numeric strings too); ``None`` when it is not one (bools never are)."""
+    if isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if tp is int and isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return tp(value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """``value`` converted to type ``tp`` (raises MaxcaInputError naming ``key``)."""
     origin = typing.get_origin(tp)
@@ -433,26 +473,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise MaxcaInputError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise MaxcaInputError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise MaxcaInputError(f"{key} must be a number, got {value!r}")
+    if tp in (int, float):
+        number = _as_number(value, tp)
+        if number is None:
+            kind = "an integer" if tp is int else "a number"
+            raise MaxcaInputError(f"{key} must be {kind}, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return str(value)

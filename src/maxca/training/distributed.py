@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
+from maxca._checks import resolve_device as _resolve_device
 from maxca.errors import MaxcaInputError
 
 __all__ = [
@@ -97,25 +98,22 @@ class DistContext:
 
 
 def resolve_device(spec: str, ctx: DistContext | None = None) -> torch.device:
-    """The device for ``spec`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); under DDP on CUDA the
-    GPU is this process's ``LOCAL_RANK``."""
+    """The device for ``spec`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), checked by
+    :func:`maxca._checks.resolve_device`; under DDP on CUDA the GPU is this process's
+    ``LOCAL_RANK``, and a bare ``cuda`` is the current GPU."""
     ctx = ctx or DistContext()
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise MaxcaInputError(f"device {spec!r} requested but CUDA is not available; use cpu")
+    device = _resolve_device(spec)
+    if device.type != "cuda":
+        return device
     if ctx.enabled:
         return torch.device("cuda", ctx.local_rank)
-    if spec.startswith("cuda:"):
-        index = int(spec[5:])
-        if index >= torch.cuda.device_count():
-            raise MaxcaInputError(
-                f"device {spec!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-        return torch.device("cuda", index)
-    return torch.device("cuda", torch.cuda.current_device())
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise MaxcaInputError(
+            f"device {spec!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+        )
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 
 from maxca.errors import MaxcaInputError
 from maxca.metrics._common import ArrayLike, as_flow, as_numpy, as_spacing, atomic_path, shape_str
-from maxca.metrics.jacobian import jacobian_determinant
+from maxca.metrics.jacobian import jacobian_determinant_array
 
 __all__ = [
     "COLUMNS",
@@ -339,7 +339,7 @@ def build_registration_figure(
     vmin, vmax = _window(fx, mv)
     diff_before, diff_after = np.abs(fx - mv), np.abs(fx - wp)
     dmax = max(_window(diff_before, diff_after, low=0.0, high=99.5)[1], 1e-12)
-    det = jacobian_determinant(u)
+    det = jacobian_determinant_array(u)
     jmin, jmax = float(det.min()), float(det.max())
     jnorm = TwoSlopeNorm(vmin=min(jmin, 0.0) - 1e-6, vcenter=1.0, vmax=max(jmax, 2.0))
     present = sorted(

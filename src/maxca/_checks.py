@@ -1,5 +1,11 @@
-"""Argument checks shared by the spatial layer; every failure is a one-line
-:class:`~maxca.errors.MaxcaInputError` naming what was expected and what was given."""
+"""The one checks module: argument validation and the shared vocabulary of maxca.
+
+Every failure is a one-line :class:`~maxca.errors.MaxcaInputError` naming what was expected and
+what was given. The constant tuples of allowed values (normalisations, pair modes, similarity
+terms, devices) live here once; config, data, losses and inference import them.
+Shapes print as ``(1, 3, 8)`` for tensors (:func:`shape_str`) and ``2x3x4`` for the arrays of
+the metrics (:func:`dims_str`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,24 @@ import torch
 
 from maxca.errors import MaxcaInputError
 
+#: intensity normalisations (:func:`maxca.data.transforms.normalise_intensity`)
+NORMALISATIONS = ("minmax", "percentile", "zscore")
+#: how training pairs are drawn (``data.pairs`` of a config)
+PAIR_MODES = ("random", "atlas", "pairs")
+#: image similarity terms of the registration loss
+SIMILARITIES = ("ncc", "mse")
+#: device names accepted by :func:`resolve_device` (``cuda:N`` too)
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def shape_str(shape: Sequence[int]) -> str:
     """``(1, 3, 8)`` for any sequence of ints (``torch.Size`` prints as ``torch.Size([...])``)."""
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def dims_str(shape: Sequence[int]) -> str:
+    """``(2, 3, 4)`` written as ``2x3x4`` (``scalar`` for ``()``), as the metrics report arrays."""
+    return "x".join(str(int(s)) for s in shape) if len(shape) else "scalar"
 
 
 def check_tensor(x: object, name: str) -> torch.Tensor:
@@ -34,8 +54,40 @@ def check_image(x: object, name: str = "image") -> int:
     return x.dim() - 2
 
 
-def check_flow(x: object, name: str = "flow") -> int:
-    """Check ``x`` is a floating ``(B, d, *S)`` flow, d = number of spatial axes; return d."""
+def check_spatial_tensor(x: object, name: str, spatial_dims: int, floating: bool = True) -> None:
+    """``x`` must be a ``(B, C, *S)`` tensor with ``spatial_dims`` spatial axes."""
+    x = check_tensor(x, name)
+    if x.dim() != spatial_dims + 2:
+        raise MaxcaInputError(
+            f"{name} must have shape (B, C, *S) with {spatial_dims} spatial axes "
+            f"({spatial_dims + 2}-D), got shape {shape_str(x.shape)}"
+        )
+    if floating:
+        check_floating(x, name)
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
+    """``a`` and ``b`` must have identical shapes."""
+    if a.shape != b.shape:
+        raise MaxcaInputError(
+            f"{a_name} and {b_name} must have the same shape, got {shape_str(a.shape)} "
+            f"and {shape_str(b.shape)}"
+        )
+
+
+def check_flow(
+    x: object, name: str = "flow", spatial_dims: int | None = None, min_size: int = 1
+) -> int:
+    """Check ``x`` is a floating ``(B, d, *S)`` flow, ``d`` = number of spatial axes; return d.
+
+    Args:
+        x: the candidate flow.
+        name: what the message calls it.
+        spatial_dims: the required ``d``; ``None`` accepts 2 or 3.
+        min_size: the least number of voxels along every spatial axis.
+    """
+    if spatial_dims is not None:
+        check_spatial_tensor(x, name, spatial_dims)
     x = check_tensor(x, name)
     if x.dim() not in (4, 5):
         raise MaxcaInputError(
@@ -49,6 +101,11 @@ def check_flow(x: object, name: str = "flow") -> int:
             f"{d} spatial axes, got shape {shape_str(x.shape)}"
         )
     check_floating(x, name)
+    if min(x.shape[2:]) < min_size:
+        raise MaxcaInputError(
+            f"{name} needs at least {min_size} voxels along every spatial axis, "
+            f"got shape {shape_str(x.shape)}"
+        )
     return d
 
 
@@ -120,3 +177,18 @@ def check_size(size: object, d: int, name: str = "size") -> tuple[int, ...]:
             f"got {size!r}"
         )
     return out  # type: ignore[return-value]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device for ``device``: ``"auto"``/``None`` -> CUDA when available, else CPU.
+
+    ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are taken as they are; CUDA must be available.
+    """
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise MaxcaInputError(f"device must be one of {list(DEVICES)}, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MaxcaInputError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
