@@ -192,3 +192,17 @@ def test_shared_pair_contrast_gives_both_images_the_same_label_intensities(tiny_
         assert all(equal) if same else not all(equal)
     with pytest.raises(MaxcaInputError, match="pair_contrast"):
         LabelSynthConfig(pair_contrast="joint")
+
+
+def test_fixed_contrast_image_follows_the_table() -> None:
+    from maxca.data.labelsynth import T2_LIKE, fixed_contrast_image
+
+    label = torch.zeros(30, 30, 30, dtype=torch.int64)
+    label[5:25, 5:25, 5:25] = 2  # white matter
+    label[10:20, 10:20, 10:20] = 4  # ventricle
+    image = fixed_contrast_image(label, T2_LIKE, 0, noise=0.0, blur=0.0)
+    assert float(image[15, 15, 15]) == pytest.approx(1.0)  # fluid bright
+    assert float(image[7, 7, 7]) == pytest.approx(0.30)  # white matter dark
+    assert float(image[0, 0, 0]) == 0.0
+    noisy = fixed_contrast_image(label, T2_LIKE, 0, noise=0.05, blur=0.0)
+    assert 0.03 < float((noisy - image)[label == 2].std()) < 0.07

@@ -37,7 +37,9 @@ from maxca.spatial import warp
 __all__ = [
     "LabelSynthConfig",
     "SynthPairDataset",
+    "T2_LIKE",
     "deform_label_map",
+    "fixed_contrast_image",
     "gaussian_blur",
     "random_label_intensities",
     "synthesize_image",
@@ -299,3 +301,48 @@ def _clone(generator: torch.Generator) -> torch.Generator:
     copy = torch.Generator()
     copy.set_state(generator.get_state())
     return copy
+
+
+# FreeSurfer label -> relative intensity of a T2-weighted-like contrast (fluid bright, white
+# matter dark, grey matter in between): the order of a T1 image reversed for most tissues.
+T2_LIKE: dict[int, float] = {
+    0: 0.0,
+    2: 0.30, 41: 0.30,  # cerebral white matter
+    3: 0.62, 42: 0.62,  # cerebral cortex
+    4: 1.00, 43: 1.00, 5: 1.00, 44: 1.00, 14: 1.00, 15: 1.00, 24: 0.95, 72: 1.00,  # CSF spaces
+    7: 0.34, 46: 0.34,  # cerebellar white matter
+    8: 0.58, 47: 0.58,  # cerebellar cortex
+    10: 0.45, 49: 0.45,  # thalamus
+    11: 0.60, 50: 0.60,  # caudate
+    12: 0.52, 51: 0.52,  # putamen
+    13: 0.40, 52: 0.40,  # pallidum
+    16: 0.38,  # brain stem
+    17: 0.66, 53: 0.66, 18: 0.64, 54: 0.64,  # hippocampus, amygdala
+    26: 0.56, 58: 0.56, 28: 0.42, 60: 0.42,  # accumbens, ventral DC
+    30: 0.20, 62: 0.20, 85: 0.35,  # vessels, optic chiasm
+}  # fmt: skip
+
+
+def fixed_contrast_image(
+    label: torch.Tensor,
+    table: dict[int, float],
+    generator: torch.Generator | int | None = 0,
+    noise: float = 0.02,
+    blur: float = 0.5,
+    default: float = 0.5,
+) -> torch.Tensor:
+    """An image ``(*S)`` float32 in ``[0, 1]`` with a *given* contrast: each label's intensity
+    from ``table`` (``default`` for labels not in it), then a Gaussian blur of ``blur`` voxels
+    (partial volume) and Gaussian noise of ``noise`` (seeded). E.g. ``T2_LIKE`` re-synthesises
+    brain label maps in a T2-like intensity order for the contrast-robustness benchmark."""
+    if label.is_floating_point():
+        raise MaxcaInputError("label map must hold integers")
+    g = as_generator(generator)
+    ids = torch.unique(label)
+    values = torch.tensor([float(table.get(int(i), default)) for i in ids])
+    index = torch.bucketize(label.reshape(-1).to(torch.int64).contiguous(), ids.to(torch.int64))
+    image = values[index].reshape(label.shape)
+    if blur > 0:
+        image = gaussian_blur(image, blur)
+    image = image + noise * torch.randn(label.shape, generator=g)
+    return image.clamp(0, 1).to(torch.float32)
