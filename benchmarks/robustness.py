@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"x sides {sides} x seeds {seeds}",
         flush=True,
     )
-    t_run = time.perf_counter()
+    t_run, cpu_run = time.perf_counter(), time.process_time()
     rows = run_robustness(
         pairs,
         methods,
@@ -230,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot=False,
     )
     run_s = time.perf_counter() - t_run
+    cpu_s = time.process_time() - cpu_run  # CPU seconds of this process, all its threads
     total_s = time.perf_counter() - t_start
 
     # seconds per registration per method (severity-0 rows repeat the clean registration)
@@ -251,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_pair_full = 1 + len(CORRUPTIONS) * len(SIDES) * 4  # clean + 11 x 2 x severities 1-4
     # proportional: this run's wall time per registration (all methods, corruption and scoring
     # included) times the registrations of the full run
-    full_s = run_s / max(1, n_reg) * per_pair_full * n_full_pairs * len(methods)
+    scale = per_pair_full * n_full_pairs * len(methods) / max(1, n_reg)
+    full_s, full_cpu = run_s * scale, cpu_s * scale
     command = "python benchmarks/robustness.py " + " ".join(
         record_arg(a) for a in (sys.argv[1:] if argv is None else argv)
     )
@@ -262,12 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
         f"threads {args.threads or 'default'}, device {args.device}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "runtime": f"{run_s:.0f} s for {n_reg} registrations + scoring ({total_s:.0f} s in all)",
+        "runtime": f"{run_s:.0f} s wall, {cpu_s:.0f} s CPU (this process, all threads) for "
+        f"{n_reg} registrations + corruption + scoring ({total_s:.0f} s wall in all); "
+        f"load average at the end {os.getloadavg()[0]:.1f}",
         "mean seconds per registration (the method alone)": ", ".join(
             f"{k} {v[0]:.2f} s" for k, v in timing.items()
         ),
         "extrapolated full run (all corruptions, severities 0-4, both sides, "
-        f"{n_full_pairs} pairs, these methods)": f"{full_s / 60:.1f} min",
+        f"{n_full_pairs} pairs, these methods)": f"{full_s / 60:.1f} min wall at this load, "
+        f"{full_cpu / 60:.1f} min of CPU time",
     }
     for note in notes:
         meta["note"] = note
