@@ -306,8 +306,9 @@ def run_robustness(
     """Register corrupted pairs with every method and score them against the clean labels.
 
     For each pair the clean registration is run once per method (when 0 is among the
-    severities); its scores are the severity-0 rows of every corruption, side and seed. For each pair, corruption, side (``"moving"``:
-    the moving image is corrupted, ``"fixed"``: the fixed image), severity ``>= 1`` and seed,
+    severities); its scores are the severity-0 rows of every corruption, side and seed. For
+    each pair, corruption, side (``"moving"``: the moving image is corrupted, ``"fixed"``: the
+    fixed image), severity ``>= 1`` and seed,
     the corrupted image is made once (seed :func:`corruption_seed`) and registered by every
     method. The metrics use the clean label maps (for ``extreme_anatomy``: the label map
     deformed together with the image).
