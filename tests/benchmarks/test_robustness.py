@@ -27,11 +27,14 @@ def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
     argv = [
         "--dataset", str(tiny_dataset), "--max-pairs", "2", "--model", f"tiny={ckpt}",
         "--refine", "1", "--corruptions", "gaussian_noise,missing_slab", "--severities", "0,2",
-        "--threads", "1", "--out", str(out), "--no-plot", "--quiet",
+        "--threads", "1", "--out", str(out), "--no-plot", "--quiet", "--ants",
     ]  # fmt: skip
     assert robustness.main(argv) == 0
     rows = _rows(out / "robustness.csv")
-    methods = {"affine only", "tiny", "tiny +refine 1"}
+    ants_available = _common.import_ants() is not None
+    methods = {"affine only", "tiny", "tiny +refine 1"} | (
+        {"ANTs SyN"} if ants_available else set()
+    )
     assert {r["method"] for r in rows} == methods
     assert len(rows) == 2 * len(methods) * 2 * 2 * 2  # pairs x methods x corr. x sev. x sides
     # affine only = Dice before registration, for every corruption (its flow is always zero)
@@ -43,6 +46,8 @@ def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
         if r["method"] == "affine only":
             assert float(r["dice"]) == pytest.approx(before[r["pair"]], abs=1e-12)
     md = (out / "robustness.md").read_text()
+    if not ants_available:  # said plainly, not silently dropped
+        assert "ANTsPy is not installed" in md
     assert "| gaussian_noise | moving |" in md and "extrapolated full run" in md
     assert re.search(r"[`= ]/", md) is None  # paths recorded relative, never absolute
     assert "../" in md
