@@ -1,0 +1,72 @@
+"""The robustness benchmark script (benchmarks/robustness.py) on the tiny 3-D dataset."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+import _common  # benchmarks/ is put on sys.path by conftest.py
+import robustness
+
+from .conftest import SHAPE, SPACING
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
+    ckpt = _common.fresh_checkpoint(
+        tmp_path / "model", "pyramid", "maxca", SHAPE, (SPACING,) * 3, small=True
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--dataset", str(tiny_dataset), "--max-pairs", "2", "--model", f"tiny={ckpt}",
+        "--refine", "1", "--corruptions", "gaussian_noise,missing_slab", "--severities", "0,2",
+        "--threads", "1", "--out", str(out), "--no-plot", "--quiet", "--ants",
+    ]  # fmt: skip
+    assert robustness.main(argv) == 0
+    rows = _rows(out / "robustness.csv")
+    ants_available = _common.import_ants() is not None
+    methods = {"affine only", "tiny", "tiny +refine 1"} | (
+        {"ANTs SyN"} if ants_available else set()
+    )
+    assert {r["method"] for r in rows} == methods
+    assert len(rows) == 2 * len(methods) * 2 * 2 * 2  # pairs x methods x corr. x sev. x sides
+    # affine only = Dice before registration, for every corruption (its flow is always zero)
+    before = {
+        p.name: _common.score_flow(p, _common.identity_flow(p), list(range(1, 4))).dice_mean
+        for p in _common.load_pairs(_common.validation_pairs(tiny_dataset)[:2])
+    }
+    for r in rows:
+        if r["method"] == "affine only":
+            assert float(r["dice"]) == pytest.approx(before[r["pair"]], abs=1e-12)
+    md = (out / "robustness.md").read_text()
+    if not ants_available:  # said plainly, not silently dropped
+        assert "ANTsPy is not installed" in md
+    assert "| gaussian_noise | moving |" in md and "extrapolated full run" in md
+    assert re.search(r"[`= ]/", md) is None  # paths recorded relative, never absolute
+    assert "../" in md
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--severities", "0,5"], "severities must be in 0..4"),
+        (["--corruptions", "blur"], "unknown corruptions"),
+        (["--refine", "-1"], "--refine must be >= 0"),
+    ],
+)
+def test_robustness_script_bad_input(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra, message
+) -> None:
+    argv = ["--dataset", str(tiny_dataset), "--out", str(tmp_path / "o"), *extra]
+    with pytest.raises(SystemExit) as exc:
+        robustness.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,189 @@
+"""End-to-end test of maxca.robustness.run_robustness on tiny synthetic pairs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maxca.data.corruptions import apply_corruption
+from maxca.data.io import Volume
+from maxca.errors import MaxcaInputError
+from maxca.inference.register import register_pair
+from maxca.metrics import evaluate_pair
+from maxca.models import create_model
+from maxca.robustness import (
+    CSV_COLUMNS,
+    Method,
+    RobustnessPair,
+    affine_method,
+    corruption_seed,
+    model_method,
+    run_robustness,
+)
+from maxca.training.checkpoint import load_checkpoint, save_checkpoint
+
+SHAPE = (16, 20, 24)
+AFFINE = np.array([[-2.0, 0, 0, 15], [0, 0, 2, -20], [0, -2, 0, 19], [0, 0, 0, 1]])
+
+
+def subject(shift: tuple[float, float, float], seed: int) -> tuple[Volume, Volume]:
+    """A blob phantom: an ellipsoid (label 1) holding a smaller one (label 2)."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(SHAPE, dtype=np.float64)
+    c = (np.asarray(SHAPE) - 1) / 2 + np.asarray(shift)
+    r = np.sqrt(
+        (
+            ((idx - c[:, None, None, None]) / np.array([5.0, 6.5, 7.5])[:, None, None, None]) ** 2
+        ).sum(0)
+    )
+    lab = np.zeros(SHAPE, dtype=np.uint8)
+    lab[r < 1.0] = 1
+    lab[r < 0.55] = 2
+    image = np.array([0.0, 0.5, 0.9], dtype=np.float32)[lab]
+    image += 0.03 * rng.standard_normal(SHAPE).astype(np.float32) * (lab > 0)
+    return Volume(image.astype(np.float32), AFFINE), Volume(lab, AFFINE)
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[RobustnessPair]:
+    out = []
+    for i, (sf, sm) in enumerate((((0, 0, 0), (1.5, -1, 1)), ((0.5, 1, 0), (-1, 0.5, -1.5)))):
+        f, fl = subject(sf, 10 + i)
+        m, ml = subject(sm, 20 + i)
+        out.append(RobustnessPair(f"p{i}", f, m, fl, ml))
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = create_model(
+        "pyramid_small", spatial_dims=3, enc_channels=2, dec_channels=4, heads=1, region=2
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    data = {"shape": list(SHAPE), "spacing": [2.0] * 3, "normalise": "minmax", "spatial_dims": 3}
+    return save_checkpoint(path, model, data=data)
+
+
+def test_run_robustness_end_to_end(pairs, checkpoint, tmp_path: Path) -> None:
+    methods = [model_method(checkpoint, name="tiny"), affine_method()]
+    corruptions = ["gaussian_noise", "extreme_anatomy"]
+    severities = [0, 3]
+    out = tmp_path / "rob"
+    rows = run_robustness(
+        pairs, methods, corruptions, severities, seeds=[0], out_dir=out, labels=[1, 2]
+    )
+    n = len(pairs) * len(methods) * len(corruptions) * len(severities) * 2
+    assert len(rows) == n
+    with open(out / "robustness.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert len(csv_rows) == n and list(csv_rows[0]) == CSV_COLUMNS
+    keys = {(r["pair"], r["method"], r["corruption"], r["side"], r["severity"]) for r in csv_rows}
+    assert len(keys) == n  # every combination exactly once
+    assert (out / "robustness.md").is_file()
+    for c in corruptions:
+        png = out / f"robustness_{c}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "robustness.md").read_text()
+    assert "## gaussian_noise" in md and "SNR 8" in md and "| moving | tiny |" in md
+
+    model, info = load_checkpoint(checkpoint)
+    for pair in pairs:
+        # the clean registration, computed independently
+        res = register_pair(model, info, pair.fixed, pair.moving, pair.moving_labels)
+        clean = evaluate_pair(
+            pair.fixed_labels.array, res.warped_labels.array, res.flow, (2.0,) * 3, [1, 2]
+        )
+        zero = np.zeros((3, *SHAPE), dtype=np.float32)
+        unregistered = evaluate_pair(
+            pair.fixed_labels.array, pair.moving_labels.array, zero, (2.0,) * 3, [1, 2]
+        )
+        for r in csv_rows:
+            if r["pair"] != pair.name or r["severity"] != "0":
+                continue
+            expected = clean if r["method"] == "tiny" else unregistered
+            assert float(r["dice"]) == expected.dice_mean  # exactly, through the CSV
+            assert float(r["hd95"]) == expected.hd95_mean
+        # a corrupted row differs from the clean one for the model, and the affine-only method
+        # is unaffected by an intensity corruption (its flow is zero whatever the images)
+        noisy = [r for r in csv_rows if r["pair"] == pair.name and r["severity"] == "3"]
+        for r in noisy:
+            if r["method"] == "affine only" and r["corruption"] == "gaussian_noise":
+                assert float(r["dice"]) == unregistered.dice_mean
+            if r["method"] == "tiny" and r["corruption"] == "gaussian_noise":
+                # the untrained network's flow is tiny but depends on its input images
+                assert float(r["sdlogj"]) != clean.sdlogj
+        # extreme anatomy changes the truth: the affine-only score is that of the label map
+        # deformed with the image (same seed as the run used)
+        for side in ("moving", "fixed"):
+            seed = corruption_seed(0, pairs.index(pair), "extreme_anatomy", side)
+            lab = pair.moving_labels if side == "moving" else pair.fixed_labels
+            deformed = apply_corruption(
+                "extreme_anatomy",
+                lab.array.astype(np.float32),
+                3,
+                seed=seed,
+                labels=lab.array,
+                spacing=(2.0,) * 3,
+            ).labels
+            f_lab = deformed if side == "fixed" else pair.fixed_labels.array
+            m_lab = deformed if side == "moving" else pair.moving_labels.array
+            expected = evaluate_pair(f_lab, m_lab, zero, (2.0,) * 3, [1, 2]).dice_mean
+            (row,) = [
+                r
+                for r in noisy
+                if r["corruption"] == "extreme_anatomy"
+                and r["method"] == "affine only"
+                and r["side"] == side
+            ]
+            assert float(row["dice"]) == expected
+            assert expected != unregistered.dice_mean
+
+
+def test_same_corruption_for_every_method(pairs) -> None:
+    seen: dict[str, list[np.ndarray]] = {}
+
+    def recorder(name: str) -> Method:
+        def register(fixed: Volume, moving: Volume) -> np.ndarray:
+            seen.setdefault(name, []).append(moving.array.copy())
+            return np.zeros((3, *fixed.shape), dtype=np.float32)
+
+        return Method(name, register)
+
+    run_robustness(
+        pairs, [recorder("a"), recorder("b")], ["rician_noise"], [0, 1, 2], sides=["moving"]
+    )
+    assert len(seen["a"]) == len(seen["b"]) == len(pairs) * 3
+    for x, y in zip(seen["a"], seen["b"]):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(seen["a"][1], seen["a"][0])  # severity 1 differs from clean
+    # seeds differ across pairs, corruptions and sides
+    assert corruption_seed(0, 0, "rician_noise", "moving") != corruption_seed(
+        0, 1, "rician_noise", "moving"
+    )
+    assert corruption_seed(0, 0, "rician_noise", "moving") != corruption_seed(
+        0, 0, "rician_noise", "fixed"
+    )
+
+
+def test_bad_requests(pairs) -> None:
+    m = [affine_method()]
+    with pytest.raises(MaxcaInputError, match="unknown corruption 'blur'"):
+        run_robustness(pairs, m, ["blur"], [0, 1])
+    with pytest.raises(MaxcaInputError, match=r"severities must be integers in 0\.\.4"):
+        run_robustness(pairs, m, ["gaussian_noise"], [0, 5])
+    with pytest.raises(MaxcaInputError, match="method names must be distinct"):
+        run_robustness(pairs, m + m, ["gaussian_noise"], [0])
+    with pytest.raises(MaxcaInputError, match="sides must be distinct values"):
+        run_robustness(pairs, m, ["gaussian_noise"], [0], sides=["left"])
+    with pytest.raises(MaxcaInputError, match="at least one pair"):
+        run_robustness([], m, ["gaussian_noise"], [0])
+    f, fl = pairs[0].fixed, pairs[0].fixed_labels
+    with pytest.raises(MaxcaInputError, match="fixed label map must hold integers"):
+        RobustnessPair("x", f, f, Volume(fl.array.astype(np.float32), AFFINE), fl)
+    with pytest.raises(MaxcaInputError, match="refine_steps must be an integer >= 0"):
+        model_method("unused", refine_steps=-1)
