@@ -1,6 +1,6 @@
 """Robustness of registration to corrupted images on a Learn2Reg dataset (not a test).
 
-A thin command line over :func:`maxca.robustness.run_robustness`: the labelled pairs of
+A thin command line over :func:`maxca.app.robustness.run_robustness`: the labelled pairs of
 ``--pairs`` (default ``registration_val``) of ``--dataset`` (default the shared
 brain-synth-2mm data) are corrupted, moving and fixed image in turn, by every ``--corruptions``
 entry (default all of :data:`maxca.data.corruptions.CORRUPTIONS`) at every ``--severities``
@@ -59,8 +59,7 @@ from _common import (
     set_threads,
     validation_pairs,
 )
-from maxca.data.corruptions import CORRUPTIONS
-from maxca.robustness import (
+from maxca.app.robustness import (
     SIDES,
     Method,
     RobustnessPair,
@@ -71,6 +70,7 @@ from maxca.robustness import (
     run_robustness,
     write_outputs,
 )
+from maxca.data.corruptions import CORRUPTIONS
 
 OUT = RESULTS / "robustness"
 

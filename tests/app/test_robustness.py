@@ -1,4 +1,4 @@
-"""End-to-end test of maxca.robustness.run_robustness on tiny synthetic pairs."""
+"""End-to-end test of maxca.app.robustness.run_robustness on tiny synthetic pairs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maxca.data.corruptions import apply_corruption
-from maxca.data.io import Volume
-from maxca.errors import MaxcaInputError
-from maxca.inference.register import register_pair
-from maxca.metrics import evaluate_pair
-from maxca.models import create_model
-from maxca.robustness import (
+from maxca.app.robustness import (
     CSV_COLUMNS,
     Method,
     RobustnessPair,
@@ -24,6 +18,12 @@ from maxca.robustness import (
     model_method,
     run_robustness,
 )
+from maxca.data.corruptions import apply_corruption
+from maxca.data.io import Volume
+from maxca.errors import MaxcaInputError
+from maxca.inference.register import register_pair
+from maxca.metrics import evaluate_pair
+from maxca.models import create_model
 from maxca.training.checkpoint import load_checkpoint, save_checkpoint
 
 SHAPE = (16, 20, 24)

@@ -38,20 +38,16 @@ import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------------------------
-# imports from the inference / metrics / checkpoint layers (one place, to repoint when they move)
-from maxca.data.io import Volume, check_same_grid
-from maxca.inference.register import register_pair, warp_volume
-from maxca.metrics import evaluate_pair
-
-try:  # the checkpoint module's future home
-    from maxca.models.checkpoint import load_checkpoint  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the tree
-    from maxca.training.checkpoint import load_checkpoint
-# ----------------------------------------------------------------------------------------------
-
 from maxca._atomic import atomic_path, atomic_write_text
 from maxca.data.corruptions import CORRUPTIONS, apply_corruption, severity_levels
+
+# ----------------------------------------------------------------------------------------------
+# imports from the inference / metrics / checkpoint layers (one place, to repoint when they move)
+from maxca.data.io import Volume, check_same_grid
 from maxca.errors import MaxcaInputError
+from maxca.inference.register import register_pair, warp_volume
+from maxca.metrics import evaluate_pair
+from maxca.models.checkpoint import load_checkpoint
 
 __all__ = [
     "CSV_COLUMNS",
@@ -68,7 +64,7 @@ __all__ = [
     "write_outputs",
 ]
 
-log = logging.getLogger("maxca.robustness")
+log = logging.getLogger("maxca.app.robustness")
 
 SIDES = ("moving", "fixed")
 
