@@ -70,7 +70,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         _save(ds / f"imagesTr/T_{case}_0000.nii.gz", img)
         _save(ds / f"labelsTr/T_{case}_0000.nii.gz", _labels(img))
         training.append(
-            {"image": f"./imagesTr/T_{case}_0000.nii.gz", "label": f"./labelsTr/T_{case}_0000.nii.gz"}
+            {
+                "image": f"./imagesTr/T_{case}_0000.nii.gz",
+                "label": f"./labelsTr/T_{case}_0000.nii.gz",
+            }
         )
     pairs = [{"fixed": training[1]["image"], "moving": training[0]["image"]}]
     meta = {"name": "T", "training": training, "registration_val": pairs}
@@ -116,7 +119,6 @@ def test_overwrite_dataset_keeps_the_users_own_files(files, tmp_path, capsys):
         "disp_9999_9998.nii.gz": b"my own field",
         "notes/warped.nii.gz": b"my own warped image",
         "notes/metrics.json": b"{}",
-        "summary.md": b"my own summary",
     }
     for rel, data in mine.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -247,10 +249,10 @@ def _fake_big_nifti(path: Path, n: int = 512) -> Path:
 
 
 def test_memory_estimate_refuses_512_cubed_before_reading(files, tmp_path, capsys, monkeypatch):
-    import maxca.app.registration as reg
+    import maxca.app.memory as memory
 
     big = _fake_big_nifti(tmp_path / "big.nii")
-    monkeypatch.setattr(reg, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * 2**30)
     capsys.readouterr()
     argv = ["register", "--model", files["run"], "--fixed", big, "--moving", big,
             "--out", tmp_path / "o", "--device", "cpu"]  # fmt: skip
@@ -266,7 +268,7 @@ def test_memory_estimate_refuses_512_cubed_before_reading(files, tmp_path, capsy
 
 
 def test_memory_estimate_is_conservative_and_scales():
-    from maxca.app.registration import estimate_memory
+    from maxca.app.memory import estimate_memory
 
     model = create_model("pyramid_small", spatial_dims=3)
     small = estimate_memory(model, (160, 192, 224), (160, 192, 224), (160, 192, 224))
@@ -314,9 +316,7 @@ def test_note_when_dice_falls(files, tmp_path, capsys, monkeypatch):
     def fake(*args, **kwargs):
         metrics = {"labels": [4, 17], "dice_before": 0.464, "dice_after": 0.459,
                    "njd_percent": 0.0, "sdlogj": 0.1}  # fmt: skip
-        return PairReport(
-            "p", tmp_path / "o", ["warped.nii.gz"], metrics, timings={"network": 0.1}
-        )
+        return PairReport("p", tmp_path / "o", ["warped.nii.gz"], metrics, timings={"network": 0.1})
 
     monkeypatch.setattr(app, "register_files", fake)
     assert _run(_pair_args(files, tmp_path / "o")) == 0
