@@ -130,3 +130,16 @@ def test_load_folder(tmp_path: Path) -> None:
         load_folder(tmp_path / "empty")
     with pytest.raises(MaxcaInputError, match="image folder not found"):
         load_folder(tmp_path / "nowhere")
+
+
+def test_missing_json_path_is_not_called_an_image_folder(tmp_path: Path) -> None:
+    """A dataset.json path that does not exist is named as a dataset file (issue 15)."""
+    from maxca.data.dataset import as_dataset
+
+    missing = tmp_path / "shared" / "data" / "dataset.json"
+    with pytest.raises(MaxcaInputError) as info:
+        as_dataset(missing)
+    message = str(info.value)
+    assert "image folder" not in message
+    assert message.startswith(f"dataset file not found: {missing}")
+    assert "maxca example-data" in message
