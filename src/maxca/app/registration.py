@@ -175,7 +175,7 @@ def load_model(
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
             raise
         raise MaxcaInputError(
-            f"{path}: the model its model.json describes does not fit in memory "
+            f"{path}: the model that its model.json describes does not fit in memory "
             f"({type(exc).__name__}); is model.json corrupt?"
         ) from None
     _check_finite_weights(model, path)

@@ -52,7 +52,8 @@ def _check_writable(out: Path) -> None:
         os.rmdir(probe)
     except OSError as exc:
         raise MaxcaInputError(
-            f"output folder is not writable: {out} ({parent}: {exc.strerror or exc})"
+            f"output folder is not writable: {out} (cannot create files in {parent}: "
+            f"{exc.strerror or exc})"
         ) from None
     if out.is_dir():
         try:
