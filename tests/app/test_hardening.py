@@ -276,6 +276,9 @@ def test_memory_estimate_is_conservative_and_scales():
     assert big > small > 0
     # at least the bytes of the two images, the flow and the warped image in float32
     assert big >= 4 * 512**3 * (1 + 1 + 3 + 1)
+    # the 1 mm pair: above its measured peak (2.5 GB with pyramid_small on 80x96x112)
+    mid = estimate_memory(model, (160, 192, 224), (160, 192, 224), (80, 96, 112))
+    assert 2.5 * 2**30 < mid < 4 * 2**30
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,20 +9,23 @@ The formula is linear in the voxel counts, with constants measured on a 2-core X
 (torch 2.13.0 CPU, 2026-11-30) from the peak resident set size (``ru_maxrss``) minus the
 resident size before the registration, and rounded up:
 
-* fixed grid (read, normalise, flow, sampling grid, warped image, metrics, writing): measured
-  140 bytes per fixed voxel without labels, 210 with fixed and moving label maps (1 mm pair,
-  160x192x224, both images on the same grid); used: 200 + 80 with labels;
-* moving grid (the moving image and labels as read): 48 bytes per moving voxel;
+* images (read, normalise, flow, sampling grid, warped image, metrics, writing): measured 140
+  bytes per fixed voxel without labels, 210 with fixed and moving label maps (1 mm pair,
+  160x192x224, both images on the same grid, with a network on a 32^3 grid); used: 120 per
+  fixed voxel and 40 per moving voxel, plus 55 and 25 with label maps (160 and 240 for that
+  pair);
 * network (no gradients) on the model grid: measured 900-1060 bytes per grid voxel for
   ``pyramid_small``, 1900-2800 for ``pyramid``, 1900-3000 for ``unet``, 750-1130 for
-  ``hybrid`` (grids 48x56x64 and 80x96x112); used: 64 bytes per grid voxel per channel of
-  width, the width being the sum over the config's ``*channels`` entries of their largest
-  value (24 for ``pyramid_small``: 1536 bytes per voxel; 48 for ``pyramid``, 80 for ``unet``,
-  128 for ``hybrid``); ``--refine`` adds 400 bytes per grid voxel (gradients of the loss);
-* 512 MiB for the interpreter, torch and the weights.
+  ``hybrid`` (grids 48x56x64 and 80x96x112); used: 100 MiB plus 48 bytes per grid voxel per
+  channel of width, the width being the sum over the config's ``*channels`` entries of their
+  largest value (24 for ``pyramid_small``: 1152 bytes per voxel; 48 for ``pyramid``, 80 for
+  ``unet``, 128 for ``hybrid``); ``--refine`` adds 400 bytes per grid voxel (gradients);
+* 400 MiB for the interpreter, torch and the weights (measured 345 MiB).
 
-For a 512^3 pair this gives about 39 GB, which is why such a registration is refused on a
-24 GB machine instead of failing after a minute with an allocation error.
+The estimate is 10-50 % above what was measured: for the 1 mm pair with ``pyramid_small`` on
+an 80x96x112 grid about 3.0 GB (measured peak 2.4-2.5 GB). For a 512^3 pair it is about 31 GB,
+which is why such a registration is refused on a 24 GB machine instead of failing after a
+minute with an allocation error.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ __all__ = [
 ]
 
 GIB = 2**30
-BASE_BYTES = 512 * 2**20
-FIXED_BYTES_PER_VOXEL = 200
-FIXED_LABEL_BYTES_PER_VOXEL = 80
-MOVING_BYTES_PER_VOXEL = 48
-NETWORK_BYTES_PER_VOXEL_PER_CHANNEL = 64
+BASE_BYTES = 400 * 2**20
+FIXED_BYTES_PER_VOXEL = 120
+FIXED_LABEL_BYTES_PER_VOXEL = 55
+MOVING_BYTES_PER_VOXEL = 40
+MOVING_LABEL_BYTES_PER_VOXEL = 25
+NETWORK_BASE_BYTES = 100 * 2**20
+NETWORK_BYTES_PER_VOXEL_PER_CHANNEL = 48
 REFINE_BYTES_PER_VOXEL = 400
 DEFAULT_WIDTH = 24
 
@@ -95,10 +100,12 @@ def estimate_memory(
     n_moving = math.prod(int(s) for s in moving_shape)
     n_grid = math.prod(int(s) for s in grid_shape)
     per_fixed = FIXED_BYTES_PER_VOXEL + (FIXED_LABEL_BYTES_PER_VOXEL if labels else 0)
+    per_moving = MOVING_BYTES_PER_VOXEL + (MOVING_LABEL_BYTES_PER_VOXEL if labels else 0)
     per_grid = NETWORK_BYTES_PER_VOXEL_PER_CHANNEL * model_width(model)
     if refine:
         per_grid += REFINE_BYTES_PER_VOXEL
-    return BASE_BYTES + per_fixed * n_fixed + MOVING_BYTES_PER_VOXEL * n_moving + per_grid * n_grid
+    images = per_fixed * n_fixed + per_moving * n_moving
+    return BASE_BYTES + NETWORK_BASE_BYTES + images + per_grid * n_grid
 
 
 def _cgroup_free() -> int | None:
