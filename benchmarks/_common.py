@@ -735,6 +735,16 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as committed results record it: relative to the repository root (a data set
+    under ``../shared/data`` becomes ``../shared/data/...``), never the machine's absolute path.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    return Path(os.path.relpath(p.absolute(), REPO)).as_posix()
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically (the library's :mod:`maxca._atomic` helper)."""
     from maxca._atomic import atomic_write_text as write

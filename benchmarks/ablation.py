@@ -56,6 +56,7 @@ from _common import (
     PLANES,
     RESULTS,
     build_slice_dataset,
+    display_path,
     evaluate_model,
     evaluation_labels,
     host_options,
@@ -220,7 +221,7 @@ def run_cell(
         "network_s_mean": nan_mean_std(r["network_s"] for r in rows)[0],
         "device": device,
         "threads": "" if args.threads is None else args.threads,
-        "run_dir": str(run_dir),
+        "run_dir": display_path(run_dir),
     }
     pair_rows = [
         {"setting": args.setting, "host": host, "attention": attention, "seed": seed, **r}
@@ -413,7 +414,8 @@ def write_markdown(
     lines = [
         f"# MAXCA ablation, {args.setting.upper()} setting",
         "",
-        f"Data: `{dataset}`, {len(ident)} validation pairs. Training: local NCC (window "
+        f"Data: `{display_path(dataset)}`, {len(ident)} validation pairs. "
+        "Training: local NCC (window "
         f"{args.window}) + diffusion (weight {args.diffusion:g}), Adam lr {args.lr:g} cosine, "
         f"budget {' or '.join(budget)} per cell, {'small' if args.small else 'full'} widths, "
         f"device {resolve_device(args.device)}, threads {args.threads or 'default'}; "

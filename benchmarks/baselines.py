@@ -56,6 +56,7 @@ from _common import (
     ants_register,
     atomic_write_text,
     build_slice_dataset,
+    display_path,
     evaluate_model,
     evaluation_labels,
     identity_flow,
@@ -243,7 +244,8 @@ def write_markdown(
     lines = [
         f"# Baselines, {args.setting.upper()} setting",
         "",
-        f"Data: `{dataset}`, {n} validation pairs; device {resolve_device(args.device)}, "
+        f"Data: `{display_path(dataset)}`, {n} validation pairs; "
+        f"device {resolve_device(args.device)}, "
         f"threads {args.threads or 'default'}; {datetime.now():%Y-%m-%d %H:%M}.",
         "",
         "Every method gives a voxel flow on the fixed grid scored by the same code (moving labels "
@@ -435,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if prows is None:
                 failed.append(method)
                 continue
-            details = f"{info.path} ({model.config_dict()['name']}, {model.config.attention})"
+            name, attention = model.config_dict()["name"], model.config.attention
+            details = f"{display_path(info.path)} ({name}, {attention})"
             if steps:
                 details += f", {steps} refine steps"
             record(

@@ -56,6 +56,7 @@ from _common import (
     BRAIN_1MM,
     HOSTS,
     RESULTS,
+    display_path,
     evaluation_labels,
     fresh_checkpoint,
     import_ants,
@@ -377,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for host in hosts:
             if host in given:
-                ckpt, label = given[host], str(given[host])
+                ckpt, label = given[host], display_path(given[host])
             else:
                 ckpt = fresh_checkpoint(
                     tmp / f"fresh-{host}",

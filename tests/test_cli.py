@@ -324,7 +324,9 @@ def test_unexpected_error_exits_1(files, tmp_path, monkeypatch, capsys):
 def test_train_and_demo_are_wired(monkeypatch, capsys, tmp_path):
     calls = {}
     trainer = types.ModuleType("maxca.training.trainer")
-    trainer.main_train = lambda config, overrides: calls.setdefault("train", (config, overrides))
+    trainer.main_train = lambda config, overrides, overwrite=False: calls.setdefault(
+        "train", (config, overrides)
+    )
     demo = types.ModuleType("maxca.app.demo")
     demo.run_demo = lambda **kw: calls.setdefault("demo", kw)
     monkeypatch.setitem(sys.modules, "maxca.training.trainer", trainer)

@@ -6,9 +6,10 @@ Commands: ``register`` (one pair or a Learn2Reg pair list), ``evaluate``, ``show
 Exit codes: 0 success; 2 a usage error or bad input (missing/corrupt file, wrong dimensions,
 mismatched grids, NaN voxels, a checkpoint that does not match its config, an output folder that
 already holds results...), reported as one line ``maxca: error: <message>`` on stderr; 1 an
-unexpected failure (``--debug`` prints its traceback); 130 interrupted (Ctrl-C), 143 terminated
-(SIGTERM), 129 hung up (SIGHUP): ``register``, ``evaluate`` and ``show`` handle SIGTERM and
-SIGHUP like Ctrl-C (temporary files removed, one line on stderr).
+unexpected failure (``--debug`` prints its traceback); 3 training diverged; 130 interrupted
+(the contract: :mod:`maxca.errors`); 143 terminated (SIGTERM), 129 hung up (SIGHUP):
+``register``, ``evaluate`` and ``show`` handle SIGTERM and SIGHUP like Ctrl-C (temporary files
+removed, one line on stderr).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from maxca._version import __version__
-from maxca.errors import MaxcaInputError
+from maxca.errors import EXIT_DIVERGED, MaxcaInputError, TrainingDivergedError
 from maxca.runtime import tune_cpu_allocator
 
 __all__ = ["build_parser", "main"]
@@ -163,6 +164,7 @@ def _note_dice_fell(metrics: Sequence[dict[str, Any]]) -> None:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     from maxca.app import check_output_dir, load_model, register_dataset, register_files
+    from maxca.pretrained import resolve_model
 
     single = args.fixed is not None or args.moving is not None
     if args.dataset is not None and (single or args.moving_labels or args.fixed_labels):
@@ -175,6 +177,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if value is not None and not Path(value).exists():
             raise MaxcaInputError(f"file not found: {value}")
     model, info = load_model(args.model, args.device)
+    _, packaged = resolve_model(args.model)
+    affine = args.affine if args.affine is not None else bool(packaged and packaged.affine)
     options = {
         "device": args.device,
         "diffeomorphic": True if args.diffeomorphic else None,
@@ -185,6 +189,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "compress": args.compress,
         "max_memory_gb": args.max_memory,
         "progress": not args.quiet,
+        "affine": affine,
     }
     if args.dataset is None:
         report = register_files(
@@ -299,7 +304,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from maxca.training.trainer import main_train
 
-    run_dir = main_train(args.config, list(args.overrides))
+    run_dir = main_train(args.config, list(args.overrides), overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
     return EXIT_OK
 
@@ -320,6 +325,29 @@ def _cmd_example_data(args: argparse.Namespace) -> int:
     print(f"  dataset: {dataset}")
     print(f"  a pair:  --fixed {dataset.parent / pairs[0]['fixed']} --moving "
           f"{dataset.parent / pairs[0]['moving']}")  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from maxca.training.config import format_config_reference
+
+    print(format_config_reference())
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from maxca.layers import ATTENTION_KINDS
+    from maxca.models import list_models
+    from maxca.pretrained import list_pretrained
+
+    print("packaged models (maxca register --model NAME):")
+    for spec in list_pretrained():
+        state = "" if spec.available else "  [weights missing: reinstall maxca]"
+        print(f"  {spec.name:<8} {spec.description}{state}")
+        print(f"  {'':<8} for: {spec.intended_use}; affine pre-alignment by default: "
+              f"{'yes' if spec.affine else 'no'}")  # fmt: skip
+    print(f"architectures (maxca.create_model): {', '.join(list_models())}")
+    print(f"attention kinds (attention=...): {', '.join(ATTENTION_KINDS)}")
     return EXIT_OK
 
 
@@ -363,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="register a pair (or a Learn2Reg pair list) with a trained model",
         description="Register moving to fixed; writes warped image/labels, voxel flow, ITK field.",
     )
-    reg.add_argument("--model", required=True, help="run directory, checkpoint dir or .safetensors")
+    reg.add_argument(
+        "--model",
+        required=True,
+        help="run directory, checkpoint dir, .safetensors, or a packaged model (`maxca models`)",
+    )
     reg.add_argument("--fixed", help="fixed image (NIfTI, .mha, .nrrd)")
     reg.add_argument("--moving", help="moving image")
     reg.add_argument("--moving-labels", help="moving label map (grid of the moving image)")
@@ -388,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="STEPS",
         help="instance optimisation steps on the model grid (default 0)",
+    )
+    reg.add_argument(
+        "--affine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="affine pre-alignment of moving to fixed (SimpleITK, any contrast) before the "
+        "network; writes affine.mat and the deformable field too (default: on for packaged "
+        "models that ask for it, e.g. brain; off otherwise)",
     )
     reg.add_argument("--png", action="store_true", help="also write figure.png")
     reg.add_argument(
@@ -451,13 +491,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", help="PNG file (default RESULTS/figure.png)")
     show.set_defaults(func=_cmd_show)
 
+    from maxca.training.config import format_config_reference
+
     train = sub.add_parser(
         "train",
         help="train a model from a YAML config",
         description="Train from CONFIG; key=value pairs override config entries.",
+        epilog="config keys:\n" + format_config_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="YAML experiment config")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an existing folder that is not a maxca run (replaces its "
+        "config.yaml and metrics.csv)",
+    )
     train.set_defaults(func=_cmd_train)
 
     example = sub.add_parser(
@@ -474,6 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     example.add_argument("--overwrite", action="store_true", help="replace an earlier dataset")
     example.set_defaults(func=_cmd_example_data)
+
+    config = sub.add_parser(
+        "config",
+        help="list every training config key with its default and meaning",
+        description="Print the training config reference (every key, default, meaning).",
+    )
+    config.add_argument("--show", action="store_true", help="print the table (the default)")
+    config.set_defaults(func=_cmd_config)
+
+    models = sub.add_parser(
+        "models",
+        help="list the packaged trained models, architectures and attention kinds",
+        description="Packaged models work offline: maxca register --model brain ...",
+    )
+    models.set_defaults(func=_cmd_models)
 
     demo = sub.add_parser(
         "demo",
@@ -513,6 +578,9 @@ def _run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
         name = signal.Signals(exc.signum).name
         print(f"maxca: interrupted by {name}; temporary files removed", file=sys.stderr)
         return 128 + exc.signum
+    except TrainingDivergedError as exc:
+        print(f"maxca: training diverged: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("maxca: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -535,7 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 on success. Any other outcome raises ``SystemExit`` with the exit code (2 for usage
-        errors and bad input, 1 for unexpected failures, 130 when interrupted), as argparse does.
+        errors and bad input, 1 for unexpected failures, 3 when training diverged, 130 when
+        interrupted), as argparse does.
     """
     tune_cpu_allocator()  # reuse freed activation memory (see maxca.runtime)
     code = _run(argv, build_parser())

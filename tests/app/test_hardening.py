@@ -215,7 +215,7 @@ def test_nan_weights_exit_2(files, tmp_path, capsys):
     assert _run(_pair_args(files, tmp_path / "o", run=run)) == 2
     err = capsys.readouterr().err
     assert err.startswith("maxca: error:") and err.count("\n") == 1
-    assert "not finite" in err or "NaN" in err
+    assert "not finite" in err or "checksum" in err  # checksum: checkpoints that carry one
     assert not (tmp_path / "o").exists()
 
 

@@ -209,7 +209,10 @@ def test_speed(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -> None:
         assert float(r["median_s"]) >= float(r["network_s"]) > 0
         assert r["repeats"] == "1"
     by_host = {r["host"]: r for r in rows}
-    assert by_host["unet"]["model"] == str(run) and by_host["unet"]["grid"] == "20x16x24"
+    assert (
+        by_host["unet"]["model"] == _common.display_path(run)
+        and by_host["unet"]["grid"] == "20x16x24"
+    )
     assert (
         by_host["pyramid"]["model"].startswith("fresh") and by_host["pyramid"]["grid"] == "10x8x12"
     )

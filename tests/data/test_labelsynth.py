@@ -178,3 +178,17 @@ def test_synth_pair_dataset_draws_images_from_the_labels(tiny_dataset) -> None:
 def test_synth_pair_dataset_refuses_augment(tiny_dataset) -> None:
     with pytest.raises(MaxcaInputError, match="augment"):
         SynthPairDataset(tiny_dataset, augment=True)
+
+
+def test_shared_pair_contrast_gives_both_images_the_same_label_intensities(tiny_dataset) -> None:
+    flat = FLAT.to_dict()
+    for mode, same in (("shared", True), ("independent", False)):
+        cfg = LabelSynthConfig(**{**flat, "pair_contrast": mode})
+        item = SynthPairDataset(tiny_dataset, seed=5, synth=cfg, normalise=None)[1]
+        f = _per_label_values(item["fixed"][0], item["fixed_label"][0])
+        m = _per_label_values(item["moving"][0], item["moving_label"][0])
+        common = sorted(set(f) & set(m))
+        equal = [bool(torch.allclose(f[k][0], m[k][0])) for k in common]
+        assert all(equal) if same else not all(equal)
+    with pytest.raises(MaxcaInputError, match="pair_contrast"):
+        LabelSynthConfig(pair_contrast="joint")

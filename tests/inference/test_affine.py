@@ -21,20 +21,6 @@ from maxca.inference.affine import (
 AFFINE = np.array([[-2.0, 0, 0, 40], [0, 0, 2, -50], [0, -2, 0, 45], [0, 0, 0, 1]])  # LIA-like
 
 
-def _phantom(shape=(44, 48, 40)) -> np.ndarray:
-    """A head-like phantom: an ellipsoid with a darker core and two off-centre blobs."""
-    grids = np.meshgrid(*(np.arange(s, dtype=np.float64) for s in shape), indexing="ij")
-    c = [(s - 1) / 2 for s in shape]
-    r = sum(((g - ci) / (s / 2.6)) ** 2 for g, ci, s in zip(grids, c, shape))
-    image = np.where(r <= 1, 1.0, 0.0)
-    image[r <= 0.35] = 0.45
-    blob = ((grids[0] - c[0] - 7) ** 2 + (grids[1] - c[1] + 5) ** 2 + (grids[2] - c[2]) ** 2) <= 16
-    image[blob] = 0.15
-    blob2 = ((grids[0] - c[0] + 4) ** 2 + (grids[1] - c[1] - 8) ** 2 + (grids[2] - c[2] - 6) ** 2)
-    image[blob2 <= 9] = 0.7
-    return ndimage.gaussian_filter(image, 0.8).astype(np.float32)
-
-
 def _rotation_z(deg: float, shift: tuple[float, float, float]) -> np.ndarray:
     a = math.radians(deg)
     T = np.eye(4)
@@ -52,7 +38,7 @@ def _moving_from(fixed: Volume, T: np.ndarray) -> Volume:
 
 
 def _brain_points(volume: Volume) -> np.ndarray:
-    idx = np.argwhere(volume.array > 0.1)[::50]
+    idx = np.argwhere(volume.array > 0.1)[::20]
     return (volume.affine[:3, :3] @ idx.T + volume.affine[:3, 3:4]).T
 
 
@@ -63,24 +49,34 @@ def _max_error(T_est: np.ndarray, T: np.ndarray, points: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def fixed() -> Volume:
-    return Volume(_phantom(), AFFINE.copy())
+    """The MNI152 template (nilearn's wheel, offline) at 3 mm, on an LIA-like grid."""
+    from maxca.data.template import load_template
+
+    image = load_template(spacing_mm=3.0).image
+    A = AFFINE.copy()
+    A[:3, :3] *= 1.5  # 3 mm voxels, axes permuted/flipped as in LIA data
+    return Volume(np.ascontiguousarray(image.array, dtype=np.float32), A)
 
 
 def test_recovers_a_known_rotation_and_shift(fixed: Volume) -> None:
-    T = _rotation_z(20.0, (12.0, -10.0, 8.0))
+    T = _rotation_z(20.0, (30.0, -10.0, 8.0))  # the issue's case: 20 degrees, 30 mm
     moving = _moving_from(fixed, T)
     result = affine_register(fixed, moving, threads=1)
-    assert _max_error(result.matrix, T, _brain_points(fixed)) < 1.5  # mm, voxels are 2 mm
+    assert _max_error(result.matrix, T, _brain_points(fixed)) < 1.5  # mm, voxels are 3 mm
+
     # the pre-aligned moving image sits on the fixed one in world space
-    aligned = prealign(moving, result.matrix)
-    M = np.linalg.inv(aligned.affine) @ fixed.affine
-    back = ndimage.affine_transform(aligned.array, M[:3, :3], M[:3, 3], order=1)
-    inside = fixed.array > 0.1
-    assert np.abs(back - fixed.array)[inside].mean() < 0.05
+    def back(matrix: np.ndarray) -> np.ndarray:
+        aligned = prealign(moving, matrix)
+        M = np.linalg.inv(aligned.affine) @ fixed.affine
+        return ndimage.affine_transform(aligned.array, M[:3, :3], M[:3, 3], order=1)
+
+    inside = fixed.array > 0.1  # (the shift pushed part of the head out of the moving FOV)
+    assert np.abs(back(result.matrix) - back(T))[inside].mean() < 0.02
 
 
 def test_works_across_contrasts(fixed: Volume) -> None:
     T = _rotation_z(-12.0, (-6.0, 9.0, 0.0))
+    T[:3, :3] *= 1.08  # and a global scale
     moving = _moving_from(fixed, T)
     inverted = np.where(moving.array > 0.05, 1.2 - moving.array, 0.0).astype(np.float32)
     result = affine_register(fixed, Volume(inverted, moving.affine), threads=1)
@@ -94,7 +90,7 @@ def test_identity_stays_identity(fixed: Volume) -> None:
 
 @pytest.mark.parametrize("suffix", [".mat", ".txt"])
 def test_itk_file_round_trip_and_sitk_resampling_agree(fixed: Volume, tmp_path, suffix) -> None:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     from maxca.inference.affine import _to_sitk
 
@@ -111,7 +107,9 @@ def test_itk_file_round_trip_and_sitk_resampling_agree(fixed: Volume, tmp_path, 
     M = np.linalg.inv(aligned.affine) @ fixed.affine
     ours = ndimage.affine_transform(aligned.array, M[:3, :3], M[:3, 3], order=1)
     inside = fixed.array > 0.1
-    assert np.abs(ours - ref_arr)[inside].max() < 1e-3
+    # ITK and scipy treat the outermost half voxel differently: compare robust statistics
+    diff = np.abs(ours - ref_arr)[inside]
+    assert diff.mean() < 1e-2 and np.percentile(diff, 99) < 1e-3
 
 
 def test_bad_inputs(fixed: Volume, tmp_path) -> None:
@@ -123,3 +121,41 @@ def test_bad_inputs(fixed: Volume, tmp_path) -> None:
     bad.write_text("not a transform")
     with pytest.raises(MaxcaInputError, match="ITK transform"):
         read_itk_affine(bad)
+
+
+def test_composed_field_and_chain_reproduce_the_warp(fixed: Volume, tmp_path) -> None:
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
+    import torch
+
+    from maxca.data.synth import random_smooth_deformation
+    from maxca.inference.affine import _to_sitk, with_affine
+    from maxca.inference.export import itk_displacement_image
+    from maxca.inference.register import RegistrationResult, warp_volume
+
+    T = _rotation_z(10.0, (8.0, -5.0, 3.0))
+    moving = Volume(fixed.array.copy(), fixed.affine.copy())  # any image on any grid
+    pre = prealign(moving, T)
+    u = random_smooth_deformation(fixed.shape, 2.0, 8.0, generator=0).numpy()  # (3, *S) voxels
+    warped = warp_volume(pre, torch.from_numpy(u)[None], fixed.affine)[0, 0].numpy()
+    base = RegistrationResult(
+        fixed=fixed, moving=pre, warped=Volume(warped, fixed.affine), flow=u.astype(np.float32),
+        grid=None, grid_flow=torch.zeros(1),  # type: ignore[arg-type]
+    )  # fmt: skip
+    result = with_affine(base, T, moving)
+    assert result.moving is moving and np.array_equal(result.deformable_flow, u.astype(np.float32))
+    # the total voxel flow warps the ORIGINAL moving image to the same result
+    again = warp_volume(moving, torch.from_numpy(result.flow)[None], fixed.affine)[0, 0].numpy()
+    np.testing.assert_allclose(again, warped, atol=1e-4)
+    # ITK: the composed field alone, and the chain affine + deformable field, agree with it
+    inside = fixed.array > 0.1
+    f_img, m_img = _to_sitk(fixed), _to_sitk(moving)
+    total_tx = sitk.DisplacementFieldTransform(itk_displacement_image(result.flow, fixed.affine))
+    by_total = sitk.GetArrayFromImage(sitk.Resample(m_img, f_img, total_tx)).transpose(2, 1, 0)
+    path = write_itk_affine(tmp_path / "affine.mat", T)
+    chain = sitk.CompositeTransform(3)
+    chain.AddTransform(sitk.ReadTransform(str(path)))  # applied second (ITK's stack order)
+    chain.AddTransform(sitk.DisplacementFieldTransform(itk_displacement_image(u, fixed.affine)))
+    by_chain = sitk.GetArrayFromImage(sitk.Resample(m_img, f_img, chain)).transpose(2, 1, 0)
+    for ref in (by_total, by_chain):
+        diff = np.abs(ref - warped)[inside]
+        assert diff.mean() < 2e-3 and np.percentile(diff, 99) < 2e-2

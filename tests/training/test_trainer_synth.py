@@ -43,3 +43,14 @@ def test_synth_training_learns_on_the_real_validation_images(tiny_overrides: lis
         rows = list(csv.DictReader(fh))
     assert all(r["loss_dice"] for r in rows if r["loss"])
     assert "loss_similarity" not in rows[0]
+
+
+def test_similarity_needs_shared_contrast(tiny_overrides: list[str]) -> None:
+    with pytest.raises(MaxcaInputError, match="synth_contrast=shared"):
+        load_config(TINY_CONFIG, [*tiny_overrides, "data.synth=labels", "loss.weights.dice=1"])
+    cfg = load_config(
+        TINY_CONFIG,
+        [*tiny_overrides, "data.synth=labels", "loss.weights.dice=1",
+         "data.synth_contrast=shared"],
+    )  # fmt: skip
+    assert cfg.loss.weights.similarity > 0 and cfg.data.synth_contrast == "shared"

@@ -27,8 +27,8 @@ def _scene(shape):
 
 def test_pixel_size_formula():
     assert len(COLUMNS) == 8
-    assert figure_pixel_size(3) == (650, 1600)  # 3 rows x 2 in + 0.5 in title, 8 x 2 in
-    assert figure_pixel_size(2, panel_size=1.5, dpi=40) == (80, 480)
+    assert figure_pixel_size(3) == (690, 1600)  # 3 rows x 2 in + 0.5 in title + 0.4 in bars
+    assert figure_pixel_size(2, panel_size=1.5, dpi=40) == (96, 480)
 
 
 def test_3d_figure(tmp_path):
@@ -41,7 +41,7 @@ def test_3d_figure(tmp_path):
     )  # fmt: skip
     assert out == path
     img = imread(path)
-    assert img.shape[:2] == figure_pixel_size(3) == (650, 1600)
+    assert img.shape[:2] == figure_pixel_size(3) == (690, 1600)
     assert img[..., :3].std() > 0.05
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reg.png"]  # no temporary left
 
@@ -54,7 +54,7 @@ def test_2d_figure_batched_torch_inputs_and_no_labels(tmp_path):
         path, dpi=40,
     )  # fmt: skip
     img = imread(path)
-    assert img.shape[:2] == figure_pixel_size(2, dpi=40) == (100, 640)
+    assert img.shape[:2] == figure_pixel_size(2, dpi=40) == (116, 640)
     assert img[..., :3].std() > 0.05
 
 

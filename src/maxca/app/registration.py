@@ -6,6 +6,9 @@ One pair (:func:`register_files`) writes into ``DIR``::
     warped_labels.nii.gz   moving label map warped with nearest neighbour (with moving labels)
     flow_voxel.nii.gz      voxel displacement of the fixed grid, NIfTI vector (X, Y, Z, 1, d)
     disp_itk.nii.gz        ITK/ANTs displacement field, LPS mm, on the fixed grid
+    affine.mat             with affine pre-alignment: the ITK affine (fixed -> moving points)
+    disp_deformable_itk.nii.gz  with pre-alignment: the deformable part alone, so that
+                           ``-t affine.mat -t disp_deformable_itk.nii.gz`` == ``-t disp_itk.nii.gz``
     metrics.json           Dice before/after, folding, SDlogJ (with fixed + moving labels)
     figure.png             overview figure (with png=True)
     registration.json      inputs, model, model grid, device, timings (used by maxca show)
@@ -43,6 +46,7 @@ from maxca.data.io import Volume, read_volume, write_volume
 from maxca.data.learn2reg import Learn2RegDataset, load_learn2reg
 from maxca.errors import MaxcaInputError
 from maxca.inference._output import OutputDir, atomic_file, check_output_dir
+from maxca.inference.affine import affine_register, prealign, with_affine, write_itk_affine
 from maxca.inference.evaluate import dataset_pairs, pair_name
 from maxca.inference.export import (
     l2r_disp_name,
@@ -54,6 +58,7 @@ from maxca.inference.register import RegistrationResult, register_pair, resolve_
 from maxca.metrics import PairResult, dice, evaluate_pair, summarize, write_summary
 from maxca.models.checkpoint import CheckpointInfo, load_checkpoint
 from maxca.models.preprocessing import Preprocessing
+from maxca.pretrained import resolve_model
 
 __all__ = [
     "DEFAULT_OUTPUTS",
@@ -76,6 +81,8 @@ RESULT_FILES = (
     "metrics.json",
     "figure.png",
     "registration.json",
+    "affine.mat",
+    "disp_deformable_itk.nii.gz",
     "summary.json",
     "summary.md",
 )
@@ -162,13 +169,15 @@ class PairReport:
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, CheckpointInfo]:
-    """Load a checkpoint (run folder, checkpoint folder or ``.safetensors``) onto ``device``.
+    """Load a checkpoint (run folder, checkpoint folder, ``.safetensors``, or the name of a
+    packaged model, see :mod:`maxca.pretrained`) onto ``device``.
 
     Returns:
         ``(model, info)`` from :func:`maxca.models.checkpoint.load_checkpoint`, model in eval
         mode.
     """
     dev = resolve_device(device)
+    path, _ = resolve_model(path)  # a packaged model's name (``brain``) or a path
     try:
         model, info = load_checkpoint(path, map_location=dev)
     except (MemoryError, RuntimeError) as exc:
@@ -341,6 +350,17 @@ def write_result(
             )
             written.append("warped_labels.nii.gz")
         written.extend(pending.result())
+    if result.affine is not None:  # pre-aligned: the chain affine + deformable field too
+        with atomic_file(folder / "affine.mat", ".mat") as tmp:
+            write_itk_affine(tmp, result.affine, fixed.ndim)
+        written.append("affine.mat")
+        if result.deformable_flow is not None:
+            name = "disp_deformable_itk.nii.gz"
+            if result.deformable_flow.shape[0] == 3:
+                write_itk_field_fast(folder / name, result.deformable_flow, fixed.affine, level)
+            else:
+                write_itk_displacement(folder / name, result.deformable_flow, fixed.affine)
+            written.append(name)
     if metrics:
         _write_json(folder / "metrics.json", metrics)
         written.append("metrics.json")
@@ -472,7 +492,7 @@ def _warn_if_constant(volume: Volume, what: str, path: str | os.PathLike[str]) -
         )
 
 
-def _register(
+def _register_checked(
     model: nn.Module,
     info: CheckpointInfo | None,
     inputs: tuple[Volume, Volume, Volume | None, Volume | None],
@@ -480,13 +500,15 @@ def _register(
     diffeomorphic: bool | None,
     refine_steps: int,
     progress: bool,
+    affine: bool = False,
 ) -> RegistrationResult:
-    """:func:`register_pair` with a bad geometry reported as bad input, not a crash."""
+    """:func:`_register` with a bad geometry reported as bad input, not a crash, and the
+    ``--refine`` progress bar."""
     f, m, fl, ml = inputs
     options = {"progress": True} if progress and refine_steps else None
     try:
-        return register_pair(
-            model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, refine_options=options
+        return _register(
+            model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine, options
         )
     except np.linalg.LinAlgError as exc:
         raise MaxcaInputError(
@@ -499,6 +521,38 @@ def _model_ndim(model: nn.Module, info: CheckpointInfo | None) -> int | None:
     if dims is None:
         dims = Preprocessing.of(info).spatial_dims
     return None if dims is None else int(dims)
+
+
+def _register(
+    model: nn.Module,
+    info: CheckpointInfo | None,
+    f: Volume,
+    m: Volume,
+    ml: Volume | None,
+    fl: Volume | None,
+    device: str | torch.device,
+    diffeomorphic: bool | None,
+    refine_steps: int,
+    affine: bool,
+    refine_options: dict[str, Any] | None = None,
+) -> RegistrationResult:
+    """:func:`register_pair`, after an affine pre-alignment of ``m`` (and ``ml``) to ``f``
+    when ``affine`` (:mod:`maxca.inference.affine`); the result then holds the total flow."""
+    opts = {"refine_options": refine_options} if refine_options else {}
+    if not affine:
+        return register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, **opts)
+    t0 = time.perf_counter()
+    T = affine_register(f, m).matrix
+    seconds = time.perf_counter() - t0
+    m_pre = prealign(m, T)
+    ml_pre = None if ml is None else prealign(ml, T)
+    result = register_pair(
+        model, info, f, m_pre, ml_pre, fl, device, diffeomorphic, refine_steps, **opts
+    )
+    result = with_affine(result, T, m, ml)
+    result.timings["affine"] = seconds
+    result.timings["total"] = result.timings.get("total", 0.0) + seconds
+    return result
 
 
 def register_files(
@@ -515,6 +569,7 @@ def register_files(
     png: bool = False,
     overwrite: bool = False,
     labels: Sequence[int] | None = None,
+    affine: bool = False,
     *,
     outputs: Sequence[str] | None = None,
     compress: bool = False,
@@ -541,6 +596,8 @@ def register_files(
         max_memory_gb: memory budget in GB (default: the memory available now); the estimate
             is checked from the file headers before any data is read.
         progress: show a progress bar for ``refine_steps`` (stderr, only on a terminal).
+        affine: align the moving image affinely first (SimpleITK, any contrast; for inputs
+            that are not roughly aligned); writes ``affine.mat`` and the deformable field too.
 
     Returns:
         a :class:`PairReport`.
@@ -558,7 +615,9 @@ def register_files(
     _warn_if_constant(inputs[0], "fixed", fixed)
     _check_geometry(inputs[1], "moving", moving)
     _warn_if_constant(inputs[1], "moving", moving)
-    result = _register(model, info, inputs, device, diffeomorphic, refine_steps, progress)
+    result = _register_checked(
+        model, info, inputs, device, diffeomorphic, refine_steps, progress, affine
+    )
     metrics = pair_metrics(result, labels)
     record = {
         "inputs": _inputs_record(
@@ -572,6 +631,7 @@ def register_files(
         "model": str(getattr(info, "path", "")),
         "diffeomorphic": bool(diffeomorphic),
         "refine_steps": int(refine_steps),
+        "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
     }
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
         files = write_result(result, tmp, metrics, png, record, outputs, compress)
@@ -590,6 +650,7 @@ def register_dataset(
     png: bool = False,
     overwrite: bool = False,
     on_pair: Callable[[int, int, PairReport], None] | None = None,
+    affine: bool = False,
     *,
     outputs: Sequence[str] | None = None,
     compress: bool = False,
@@ -609,6 +670,7 @@ def register_dataset(
         outputs: as :func:`register_files`, plus ``l2r`` (default: all five).
         compress, max_memory_gb, progress: as :func:`register_files` (the memory of every pair
             is checked before the first one is registered).
+        affine: affine pre-alignment of every pair (see :func:`register_files`).
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else load_learn2reg(dataset)
     out_path = check_output_dir(out, overwrite)
@@ -635,7 +697,9 @@ def register_dataset(
             _check_geometry(inputs[1], "moving", moving)
             _warn_if_constant(inputs[1], "moving", moving)
             f = inputs[0]
-            result = _register(model, info, inputs, device, diffeomorphic, refine_steps, progress)
+            result = _register_checked(
+                model, info, inputs, device, diffeomorphic, refine_steps, progress, affine
+            )
             metrics, scores = _score(result, labels, name)
             record = {
                 "inputs": _inputs_record(
@@ -649,6 +713,7 @@ def register_dataset(
                 "model": str(getattr(info, "path", "")),
                 "diffeomorphic": bool(diffeomorphic),
                 "refine_steps": int(refine_steps),
+                "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
             }
             files = write_result(result, tmp / name, metrics, png, record, outputs, compress)
             if "l2r" in outputs:

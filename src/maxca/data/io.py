@@ -32,6 +32,7 @@ __all__ = [
     "SITK_EXTENSIONS",
     "WRITE_EXTENSIONS",
     "Volume",
+    "check_affine",
     "check_same_grid",
     "read_vector_field",
     "read_volume",
@@ -293,7 +294,38 @@ def read_volume(
     else:
         arr, affine, header = _read_sitk(path, kind)
     arr = _finish_array(arr, path, kind, expected_ndim)
+    check_affine(affine, arr.ndim, path)
     return Volume(array=arr, affine=affine, header=header, path=path)
+
+
+def check_affine(affine: np.ndarray, ndim: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a voxel-to-world affine that cannot place an ``ndim``-D grid in space.
+
+    The first ``ndim`` columns of ``affine[:3]`` (one per array axis, in mm) must be finite,
+    non-zero and linearly independent; any orientation is accepted, e.g. a 2-D coronal slice
+    whose two axes run along x and z.
+
+    Raises:
+        MaxcaInputError: naming the file, for NaN/Inf entries, a zero-length column (zero
+            voxel spacing) or parallel columns (a singular affine).
+    """
+    where = f"{path}: " if path is not None else ""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise MaxcaInputError(f"{where}affine is not a finite 4x4 matrix: {a.tolist()}")
+    columns = a[:3, :ndim]
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 1e-9):
+        raise MaxcaInputError(
+            f"{where}affine has a zero-length axis (voxel spacing {np.round(spacing, 6).tolist()}"
+            " mm); fix the header's pixdim/sform"
+        )
+    singular = np.linalg.svd(columns / spacing, compute_uv=False)
+    if singular[-1] < 1e-6:
+        raise MaxcaInputError(
+            f"{where}affine is singular: its {ndim} axis columns {np.round(columns, 6).tolist()} "
+            "are parallel; fix the header's sform/qform"
+        )
 
 
 def read_vector_field(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:

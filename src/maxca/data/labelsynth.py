@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _INTERP = {2: "bilinear", 3: "trilinear"}
+PAIR_CONTRASTS = ("independent", "shared")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class LabelSynthConfig:
         bias_max: largest log-domain strength of the smooth multiplicative bias field.
         gamma_std: standard deviation of ``log(gamma)``.
         noise_max: largest noise standard deviation, relative to the ``[0, 1]`` range.
+        pair_contrast: ``"independent"``: the two images of a training pair get independent
+            random contrasts (SynthMorph's choice: cross-contrast pairs; needs a label loss
+            only); ``"shared"``: both get the same per-label means and spreads (every other
+            draw stays independent), so an intensity similarity such as NCC can be trained
+            alongside Dice: contrast-agnostic for same-contrast pairs.
     """
 
     deform_vox: float = 3.0
@@ -78,8 +84,13 @@ class LabelSynthConfig:
     bias_max: float = 0.3
     gamma_std: float = 0.25
     noise_max: float = 0.05
+    pair_contrast: str = "independent"
 
     def __post_init__(self) -> None:
+        if self.pair_contrast not in PAIR_CONTRASTS:
+            raise MaxcaInputError(
+                f"pair_contrast must be one of {PAIR_CONTRASTS}, got {self.pair_contrast!r}"
+            )
         for name in ("deform_vox", "std_max", "blur_max", "bias_max", "gamma_std", "noise_max"):
             if not getattr(self, name) >= 0:
                 raise MaxcaInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -118,11 +129,23 @@ def deform_label_map(
 
 
 def random_label_intensities(
-    label: torch.Tensor, config: LabelSynthConfig, generator: torch.Generator
+    label: torch.Tensor,
+    config: LabelSynthConfig,
+    generator: torch.Generator,
+    ids: torch.Tensor | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Piecewise-constant-plus-noise image ``(*S)`` float32: per label ``l``, ``mean_l +
-    std_l * N(0, 1)`` (means in ``config.mean_range``, spreads in ``[0, std_max]``)."""
-    ids = torch.unique(label)
+    std_l * N(0, 1)`` (means in ``config.mean_range``, spreads in ``[0, std_max]``).
+
+    The means and spreads are a function of ``generator`` and of the sorted label ``ids``
+    (default: those present in ``label``; give the union of two maps to draw the same contrast
+    for both); the voxel noise comes from ``noise_generator`` (default ``generator``).
+    """
+    present = torch.unique(label)
+    ids = present if ids is None else torch.unique(ids.to(torch.int64))
+    if not bool(torch.isin(present.to(torch.int64), ids).all()):
+        raise MaxcaInputError("ids must include every label value of the map")
     n = int(ids.numel())
     lo, hi = config.mean_range
     means = lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -134,7 +157,7 @@ def random_label_intensities(
         means[0], stds[0] = 0.0, 0.0
     index = torch.bucketize(label.reshape(-1).to(torch.int64).contiguous(), ids.to(torch.int64))
     index = index.reshape(label.shape)
-    noise = torch.randn(label.shape, generator=generator)
+    noise = torch.randn(label.shape, generator=noise_generator or generator)
     return (means[index] + stds[index] * noise).to(torch.float32)
 
 
@@ -181,12 +204,15 @@ def synthesize_image(
     generator: torch.Generator | int | None = None,
     config: LabelSynthConfig | None = None,
     normalise: str | None = "minmax",
+    contrast: tuple[torch.Generator, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """An image ``(*S)`` float32 with fresh random contrast, drawn from a label map ``(*S)``.
 
     The steps are those of the module docstring (without the deformation: see
     :func:`deform_label_map`). With ``normalise`` the result is normalised exactly as
     inference normalises a scan (:func:`maxca.data.transforms.normalize_intensity`).
+    ``contrast=(generator, ids)`` draws the per-label means/spreads from that generator over
+    those label ids (see :func:`random_label_intensities`), e.g. the same for two images.
     """
     if label.ndim not in (2, 3):
         raise MaxcaInputError(f"label map must have 2 or 3 axes, got shape {tuple(label.shape)}")
@@ -194,7 +220,10 @@ def synthesize_image(
         raise MaxcaInputError("label map must hold integers")
     cfg = config or LabelSynthConfig()
     g = as_generator(generator)
-    image = random_label_intensities(label, cfg, g)
+    if contrast is None:
+        image = random_label_intensities(label, cfg, g)
+    else:
+        image = random_label_intensities(label, cfg, contrast[0], contrast[1], noise_generator=g)
     blur = _u(g, 0.0, cfg.blur_max)
     if blur > 0:
         image = gaussian_blur(image, blur)
@@ -236,6 +265,16 @@ class SynthPairDataset(PairDataset):
         super().__init__(*args, **kwargs)
         self.synth = synth or LabelSynthConfig()
 
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.synth.pair_contrast == "shared" and -len(self) <= index < len(self):
+            f, m = self._pairs[index % len(self)]
+            ids = [self.load_subject(k)[1] for k in (f, m)]
+            union = torch.from_numpy(np.union1d(*[np.unique(a) for a in ids if a is not None]))
+            self._contrast = (self._generator(index % len(self), 2), union.to(torch.int64))
+        else:
+            self._contrast = None
+        return super().__getitem__(index)
+
     def _volume(
         self, subject: int, item: int, role: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -249,5 +288,14 @@ class SynthPairDataset(PairDataset):
         label = torch.from_numpy(np.asarray(label_array).astype(np.int64))
         cfg = self.synth
         label = deform_label_map(label, _u(g, 0.0, cfg.deform_vox), cfg.deform_smoothness, g)
-        image = synthesize_image(label, g, cfg, self.normalise)
+        contrast = getattr(self, "_contrast", None)
+        if contrast is not None:  # the pair's contrast: a fresh copy of the same generator
+            contrast = (_clone(contrast[0]), contrast[1])
+        image = synthesize_image(label, g, cfg, self.normalise, contrast)
         return image[None], label[None]
+
+
+def _clone(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    return copy

@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from maxca.data.io import Volume, _sitk_geometry
 from maxca.errors import MaxcaInputError
+from maxca.inference.register import RegistrationResult
 
-__all__ = ["AffineResult", "affine_register", "prealign", "read_itk_affine", "write_itk_affine"]
+__all__ = [
+    "AffineResult",
+    "affine_register",
+    "prealign",
+    "read_itk_affine",
+    "with_affine",
+    "write_itk_affine",
+]
 
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (an involution)
 
@@ -48,7 +56,7 @@ class AffineResult:
 
 
 def _to_sitk(volume: Volume):  # noqa: ANN202 - SimpleITK image
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     d = volume.ndim
     array = np.asarray(volume.array, dtype=np.float32)
@@ -87,9 +95,10 @@ def _check(fixed: Volume, moving: Volume) -> int:
 def affine_register(
     fixed: Volume,
     moving: Volume,
-    shrink: tuple[int, ...] = (4, 2, 1),
+    shrink: tuple[int, ...] | None = None,
     iterations: int = 100,
-    sampling: float = 0.2,
+    sampling: float = 0.1,
+    finest_mm: float = 4.0,
     seed: int = 0,
     threads: int | None = None,
 ) -> AffineResult:
@@ -103,18 +112,28 @@ def affine_register(
 
     Args:
         fixed, moving: 2-D or 3-D volumes with their RAS affines.
-        shrink: down-sampling factors of the resolution levels, coarse to fine.
+        shrink: down-sampling factors of the resolution levels, coarse to fine (default:
+            ``(4k, 2k, k)`` with ``k`` the factor that brings the fixed image's finest spacing
+            to about ``finest_mm``, dropping levels with fewer than 16 voxels along an axis).
         iterations: optimiser iterations per level and stage.
         sampling: fraction of voxels the metric samples (``(0, 1]``).
         seed: seed of the metric's sampling (the result is deterministic for a seed).
         threads: SimpleITK threads (default: its own default).
+        finest_mm: voxel size of the finest level when ``shrink`` is not given (an affine
+            needs no finer detail; 4 mm keeps a brain pair to a few seconds).
 
     Returns:
         an :class:`AffineResult` with ``T`` in RAS mm.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     d = _check(fixed, moving)
+    if shrink is None:
+        k = max(1, int(round(finest_mm / min(fixed.spacing))))
+        smallest = min(min(fixed.shape), min(moving.shape))
+        # keep at least 16 voxels per axis at every level (small images get fewer levels)
+        levels = [s for s in (4 * k, 2 * k, k) if smallest // s >= 16]
+        shrink = tuple(levels) or (max(1, min(k, smallest // 16)),)
     if not 0 < sampling <= 1:
         raise MaxcaInputError(f"sampling must be in (0, 1], got {sampling!r}")
     if not shrink or any(int(s) < 1 for s in shrink):
@@ -171,10 +190,12 @@ def prealign(moving: Volume, matrix: np.ndarray) -> Volume:
     return Volume(moving.array, np.linalg.inv(T) @ moving.affine, moving.header, moving.path)
 
 
-def write_itk_affine(path: str | os.PathLike[str], matrix: np.ndarray, spatial_dims: int = 3) -> Path:
+def write_itk_affine(
+    path: str | os.PathLike[str], matrix: np.ndarray, spatial_dims: int = 3
+) -> Path:
     """Write ``T`` (RAS, fixed -> moving points) as an ITK affine transform file (``.mat``
     for ANTs, or ``.txt``/``.tfm``), in ITK's LPS convention."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     d = int(spatial_dims)
     lps = _FLIP @ np.asarray(matrix, dtype=np.float64) @ _FLIP
@@ -188,7 +209,7 @@ def write_itk_affine(path: str | os.PathLike[str], matrix: np.ndarray, spatial_d
 
 def read_itk_affine(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an ITK affine/rigid transform file as a ``(4, 4)`` RAS matrix (fixed -> moving)."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
     try:
         tx = sitk.ReadTransform(str(path))
@@ -209,3 +230,49 @@ def read_itk_affine(path: str | os.PathLike[str]) -> np.ndarray:
     if not np.allclose(tx.TransformPoint(tuple(probe)), expected, atol=1e-6):
         raise MaxcaInputError(f"{path} holds a non-linear transform, not an affine one")
     return _FLIP @ lps @ _FLIP
+
+
+def with_affine(
+    result: RegistrationResult,
+    matrix: np.ndarray,
+    moving: Volume,
+    moving_labels: Volume | None = None,
+) -> RegistrationResult:
+    """The registration of the *original* moving image: compose the pre-alignment ``T`` with
+    the deformable result computed on :func:`prealign`-ed inputs.
+
+    For a fixed voxel ``p`` (world ``x = A_f p``) the deformable flow ``u`` gives
+    ``x + D(x) = A_f (p + u(p))``; the total map is ``y = T A_f (p + u(p))`` and the returned
+    voxel flow is ``u_total(p) = A_f^-1 y - p``, so ``warped(p) = moving(A_m^-1 A_f (p +
+    u_total(p)))`` for the original moving affine ``A_m``. The warped image and labels are
+    unchanged (they already are the moving image at ``y``); the deformable-only flow is kept
+    in ``result.deformable_flow`` for the chain ``affine + field``.
+
+    Args:
+        result: :func:`~maxca.inference.register.register_pair` on the pre-aligned moving image.
+        matrix: ``T`` (RAS, fixed -> moving points).
+        moving, moving_labels: the original (not pre-aligned) inputs.
+
+    Returns:
+        a :class:`~maxca.inference.register.RegistrationResult` with ``flow`` the total
+        displacement, ``moving``/``moving_labels`` the originals, ``affine`` = ``T`` and
+        ``deformable_flow`` = ``u``.
+    """
+    T = np.asarray(matrix, dtype=np.float64)
+    u = np.asarray(result.flow, dtype=np.float64)  # (d, *S)
+    d = u.shape[0]
+    A = np.asarray(result.fixed.affine, dtype=np.float64)
+    grid = np.stack(np.meshgrid(*(np.arange(s, dtype=np.float64) for s in u.shape[1:]),
+                                indexing="ij"))  # fmt: skip
+    K = np.linalg.pinv(A[:3, :d]) @ T[:3, :3] @ A[:3, :d]  # (d, d) voxel part of A^-1 T A
+    offset = np.linalg.pinv(A[:3, :d]) @ (T[:3, :3] @ A[:3, 3] + T[:3, 3] - A[:3, 3])
+    pts = grid + u
+    total = np.tensordot(K, pts, axes=1) + offset.reshape((d,) + (1,) * d) - grid
+    return replace(
+        result,
+        moving=moving,
+        moving_labels=moving_labels,
+        flow=total.astype(np.float32),
+        affine=T.copy(),
+        deformable_flow=np.asarray(result.flow, dtype=np.float32),
+    )

@@ -374,6 +374,11 @@ class RegistrationResult:
         device: the device the network ran on.
         timings: seconds per stage (``"preprocess"``, ``"network"``, ``"refine"``, ``"resample"``,
             ``"total"``).
+        affine: with affine pre-alignment (:func:`maxca.inference.affine.with_affine`), the
+            ``(4, 4)`` RAS map ``T`` (fixed -> moving points); ``flow`` is then the total
+            displacement ``T (x + D(x)) - x`` in fixed voxels.
+        deformable_flow: with pre-alignment, the deformable part ``u`` alone (``(d, *S_f)``
+            voxels): the chain ``T`` after ``x + A_f u`` equals ``flow``.
     """
 
     fixed: Volume
@@ -387,6 +392,8 @@ class RegistrationResult:
     moving_labels: Volume | None = None
     device: str = "cpu"
     timings: dict[str, float] = field(default_factory=dict)
+    affine: np.ndarray | None = None
+    deformable_flow: np.ndarray | None = None
 
     @property
     def displacement_mm(self) -> np.ndarray:

@@ -18,6 +18,7 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from maxca._version import __version__
@@ -36,6 +38,7 @@ from maxca.errors import MaxcaInputError
 from maxca.models.preprocessing import Preprocessing
 
 __all__ = [
+    "CHECKSUM_KEY",
     "CheckpointInfo",
     "Preprocessing",
     "load_checkpoint",
@@ -43,10 +46,38 @@ __all__ = [
     "read_meta",
     "resolve_checkpoint",
     "save_checkpoint",
+    "weights_sha256",
 ]
 
 FORMAT_VERSION = 1
 WEIGHTS, META, OPTIM = "model.safetensors", "model.json", "optimizer.pt"
+CHECKSUM_KEY = "maxca_sha256"  # safetensors metadata entry: sha256 of the tensor data
+
+
+def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) over every tensor's name, dtype, shape and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _verify_weights(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights whose checksum (when the file has one) differs, or that are not finite."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            stored = (fh.metadata() or {}).get(CHECKSUM_KEY)
+    except Exception as exc:  # safetensors raises its own error types
+        raise MaxcaInputError(f"unreadable weights {file}: {exc}") from exc
+    if stored is not None and stored != weights_sha256(tensors):
+        raise MaxcaInputError(
+            f"corrupt weights {file}: the tensor data does not match the checksum saved with it"
+        )
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise MaxcaInputError(f"corrupt weights {file}: tensor {name} has NaN/Inf values")
 
 
 @dataclass
@@ -112,7 +143,7 @@ def save_checkpoint(
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is a normal folder
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS))
+        save_file(tensors, str(tmp / WEIGHTS), metadata={CHECKSUM_KEY: weights_sha256(tensors)})
         meta = {
             "format": FORMAT_VERSION,
             "maxca_version": __version__,
@@ -169,10 +200,18 @@ def resolve_checkpoint(path: str | os.PathLike[str], which: str = "best") -> Pat
             return cand
         # a save of `name` was interrupted between its two renames: the previous copy, moved
         # aside to `.<name>.old-<pid>`, is intact
-        old = [c for c in sorted(p.glob(f"checkpoints/.{name}.old-*")) if (c / META).exists()]
-        if old:
-            return old[-1]
+        old = [c for c in p.glob(f"checkpoints/.{name}.old-*") if (c / META).exists()]
+        if old:  # the newest copy by saved step, then write time (not the names' text order)
+            return max(old, key=_step_and_mtime)
     raise MaxcaInputError(f"no checkpoint in {p} (expected {META} + {WEIGHTS} or checkpoints/)")
+
+
+def _step_and_mtime(ckpt: Path) -> tuple[int, int]:
+    try:
+        step = int(json.loads((ckpt / META).read_text()).get("state", {}).get("step", -1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        step = -1
+    return step, (ckpt / META).stat().st_mtime_ns
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
@@ -203,6 +242,7 @@ def load_checkpoint(
         tensors = load_file(str(ckpt / WEIGHTS), device=str(map_location))
     except Exception as exc:  # safetensors raises its own error types
         raise MaxcaInputError(f"unreadable weights {ckpt / WEIGHTS}: {exc}") from exc
+    _verify_weights(ckpt / WEIGHTS, tensors)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -231,4 +271,15 @@ def load_optimizer_state(ckpt: str | os.PathLike[str]) -> dict[str, Any] | None:
     f = Path(ckpt) / OPTIM
     if not f.exists():
         return None
-    return torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, or a pickle that asks for code: refused
+        raise MaxcaInputError(f"unreadable optimizer state {f}: {_first_line(exc)}") from exc
+    if not isinstance(state, dict):
+        raise MaxcaInputError(f"unreadable optimizer state {f}: expected a dict")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

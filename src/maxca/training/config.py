@@ -23,6 +23,7 @@ what :func:`save_config` writes into the run directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -49,6 +50,7 @@ __all__ = [
     "OptimConfig",
     "apply_overrides",
     "config_from_dict",
+    "config_reference",
     "load_config",
     "save_config",
 ]
@@ -61,6 +63,7 @@ SCHEDULES = ("constant", "cosine", "poly")
 AMP_MODES = ("none", "bf16", "fp16")
 VAL_SPLITS = ("registration_val", "registration_test")
 SYNTH_MODES = ("labels",)
+SYNTH_CONTRASTS = ("independent", "shared")
 
 
 def _choice(value: Any, key: str, choices: Sequence[str]) -> None:
@@ -123,6 +126,9 @@ class DataConfig:
             at every step (random contrast, bias, blur, resolution, noise and deformation;
             ``maxca.data.labelsynth``): contrast-agnostic training, needs label maps and
             ``loss.weights.dice > 0``; ``null`` (default) trains on the images as read.
+        synth_contrast: with ``synth``: ``independent`` (default) draws the two images of a
+            pair with independent contrasts (Dice-only training); ``shared`` gives both the
+            same per-label intensities, so ``loss.weights.similarity`` (NCC) may be used too.
     """
 
     path: str | None = None
@@ -140,6 +146,7 @@ class DataConfig:
     val_pairs: str | list[list[str]] | None = "registration_val"
     max_val_pairs: int | None = None
     synth: str | None = None
+    synth_contrast: str = "independent"
 
     def __post_init__(self) -> None:
         _choice(self.pairs, "data.pairs", PAIR_MODES)
@@ -147,6 +154,7 @@ class DataConfig:
             _choice(self.synth, "data.synth", SYNTH_MODES)
             if self.augment:
                 raise MaxcaInputError("data.augment cannot be combined with data.synth")
+        _choice(self.synth_contrast, "data.synth_contrast", SYNTH_CONTRASTS)
         _choice(self.resize, "data.resize", RESIZE_MODES)
         if self.normalise is not None:
             _choice(self.normalise, "data.normalise", NORMALISATIONS)
@@ -172,7 +180,14 @@ class DataConfig:
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms (0 disables a term)."""
+    """Weights of the loss terms (0 disables a term).
+
+    Attributes:
+        similarity: weight of the image similarity (``loss.similarity``).
+        diffusion: weight of the diffusion regulariser (mean squared flow gradient).
+        bending: weight of the bending-energy regulariser (second derivatives of the flow).
+        dice: weight of the soft Dice of the warped moving labels (needs label maps).
+    """
 
     similarity: float = 1.0
     diffusion: float = 1.0
@@ -244,7 +259,13 @@ class OptimConfig:
 @dataclass
 class BudgetConfig:
     """When training stops: after ``steps`` optimisation steps or ``minutes`` of wall-clock
-    training time (summed over resumed sessions), whichever comes first."""
+    training time (summed over resumed sessions), whichever comes first.
+
+    Attributes:
+        steps: stop after this many optimisation steps (``null``: no step limit).
+        minutes: stop after this many minutes of training (``null``: no time limit); the
+            schedule's warm-up and the progress bar follow the steps estimated from it.
+    """
 
     steps: int | None = 1000
     minutes: float | None = None
@@ -319,6 +340,15 @@ class ExperimentConfig:
         if self.data.synth is not None and not self.loss.weights.dice > 0:
             raise MaxcaInputError(
                 "data.synth=labels trains on label maps: set loss.weights.dice > 0"
+            )
+        if (
+            self.data.synth is not None
+            and self.data.synth_contrast == "independent"
+            and self.loss.weights.similarity > 0
+        ):
+            raise MaxcaInputError(
+                "an intensity similarity between independently synthesised contrasts is "
+                "meaningless: set data.synth_contrast=shared or loss.weights.similarity=0"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -644,3 +674,87 @@ def load_config(
 def save_config(config: ExperimentConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``config`` as YAML (atomically: a temporary file renamed over ``path``)."""
     return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# reference table
+# ---------------------------------------------------------------------------------------------
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: meaning}`` from the ``Attributes:`` section of a dataclass docstring (a line
+    ``a, b, c: text`` documents several fields; continuation lines are joined)."""
+    doc = cls.__doc__ or ""
+    out: dict[str, str] = {}
+    inside, names = False, []
+    for line in doc.splitlines():
+        text = line.strip()
+        if text == "Attributes:":
+            inside = True
+            continue
+        if not inside or not text:
+            continue
+        head, sep, rest = text.partition(":")
+        keys = [k.strip() for k in head.split(",")]
+        if (
+            sep
+            and all(k.isidentifier() for k in keys)
+            and line.startswith(" " * 8)
+            and not (line.startswith(" " * 12))
+        ):
+            names = keys
+            for k in keys:
+                out[k] = rest.strip()
+        elif names:
+            for k in names:
+                out[k] = f"{out[k]} {text}".strip()
+    return out
+
+
+def _default_text(f: dataclasses.Field[Any]) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:  # pragma: no cover - every config field has a default
+        return "(required)"
+    if dataclasses.is_dataclass(value):
+        return "(section)"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(_plain(value))
+
+
+def config_reference(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every config key as ``(dotted key, default as YAML, meaning)``, sections expanded, in
+    the order of the dataclass fields (the meanings come from the ``Attributes:`` docstrings)."""
+    docs = _attribute_docs(cls)
+    hints = _hints(cls)
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(config_reference(tp, f"{key}."))
+            continue
+        rows.append((key, _default_text(f), docs.get(f.name, "").replace("``", "")))
+    return rows
+
+
+def format_config_reference(width: int = 100) -> str:
+    """:func:`config_reference` as a plain-text table (``maxca config --show``)."""
+    import textwrap
+
+    rows = config_reference()
+    kw = max(len(r[0]) for r in rows)
+    dw = min(24, max(len(r[1]) for r in rows))
+    lines = [f"{'key'.ljust(kw)}  {'default'.ljust(dw)}  meaning"]
+    indent = " " * (kw + dw + 4)
+    for key, default, meaning in rows:
+        head = f"{key.ljust(kw)}  {default.ljust(dw)}  "
+        body = textwrap.wrap(meaning, max(20, width - len(indent))) or [""]
+        lines.append(head + body[0])
+        lines.extend(indent + more for more in body[1:])
+    return "\n".join(lines)

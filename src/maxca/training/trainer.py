@@ -28,7 +28,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,8 +46,8 @@ from tqdm.auto import tqdm
 from maxca._optional import install_hint
 from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
 from maxca.data.dataset import as_dataset
-from maxca.data.labelsynth import SynthPairDataset
-from maxca.errors import MaxcaInputError
+from maxca.data.labelsynth import LabelSynthConfig, SynthPairDataset
+from maxca.errors import MaxcaInputError, TrainingDivergedError
 from maxca.losses import RegistrationLoss, one_hot
 from maxca.metrics.jacobian import njd_percent
 from maxca.metrics.overlap import dice as dice_per_label
@@ -83,8 +85,18 @@ LOSS_TERMS = ("similarity", "diffusion", "bending", "dice")
 CSV_NAME, TB_NAME, CONFIG_NAME = "metrics.csv", "tb", "config.yaml"
 
 
-class NonFiniteLossError(MaxcaInputError):
-    """The training loss (or a gradient/weight) became NaN or infinite; training stopped."""
+# a time budget: estimate the run's length in steps after this many steps of a session
+ESTIMATE_AFTER_STEPS = 3
+# fewer steps than this (or a learning rate that never left warm-up): warn that the model
+# barely trained
+MIN_TRAINED_STEPS = 50
+# hidden files a save interrupted by a crash can leave in checkpoints/
+_TEMPORARY_PREFIXES = (".last.tmp-", ".last.old-", ".best.tmp-", ".best.old-")
+
+
+class NonFiniteLossError(TrainingDivergedError):
+    """The training loss (or a gradient/weight) became NaN or infinite; training stopped
+    (``maxca train`` exits with :data:`maxca.errors.EXIT_DIVERGED`)."""
 
 
 @dataclass
@@ -106,13 +118,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def learning_rate(optim: OptimConfig, budget: BudgetConfig, step: int, elapsed_s: float) -> float:
+def learning_rate(
+    optim: OptimConfig,
+    budget: BudgetConfig,
+    step: int,
+    elapsed_s: float,
+    horizon_steps: int | None = None,
+) -> float:
     """Learning rate of optimisation step ``step`` (0-based) after ``elapsed_s`` seconds.
 
     The schedule runs over the budget: its progress is ``step / budget.steps`` or
     ``elapsed_s / budget.minutes`` (the larger when both are set), so ``cosine`` and ``poly``
-    reach 0 when the budget is spent. A linear warm-up multiplies the first
-    ``optim.warmup_steps`` steps by ``(step + 1) / warmup_steps``.
+    reach 0 when the budget is spent. A linear warm-up multiplies the first ``warmup`` steps by
+    ``(step + 1) / warmup``, where ``warmup`` is ``optim.warmup_steps``, shortened to a tenth
+    of ``horizon_steps`` (the estimated length of a time-budgeted run) when that is shorter, so
+    a run that ends after few steps still leaves warm-up.
     """
     fractions = []
     if budget.steps is not None:
@@ -126,9 +146,24 @@ def learning_rate(optim: OptimConfig, budget: BudgetConfig, step: int, elapsed_s
         lr = optim.lr * (1.0 - t) ** optim.poly_power
     else:
         lr = optim.lr
-    if optim.warmup_steps > 0 and step < optim.warmup_steps:
-        lr *= (step + 1) / optim.warmup_steps
+    warmup = optim.warmup_steps
+    if horizon_steps is not None and warmup > 0:
+        warmup = min(warmup, max(1, horizon_steps // 10))
+    if warmup > 0 and step < warmup:
+        lr *= (step + 1) / warmup
     return lr
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row as written to ``metrics.csv`` (floats with 6 significant digits)."""
+    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def _checkpoint_step(ckpt: Path) -> int:
+    try:
+        return int(read_meta(ckpt).get("state", {}).get("step", -1))
+    except (MaxcaInputError, TypeError, ValueError):
+        return -1
 
 
 def _set_tf32(enabled: bool) -> None:
@@ -159,9 +194,57 @@ def _find_last(run_dir: Path) -> Path | None:
     last = run_dir / "checkpoints" / "last"
     if (last / META).is_file():
         return last
-    old = sorted((run_dir / "checkpoints").glob(".last.old-*"))
-    old = [p for p in old if (p / META).is_file()]
-    return old[-1] if old else None
+    old = [p for p in (run_dir / "checkpoints").glob(".last.old-*") if (p / META).is_file()]
+    if not old:
+        return None
+    # the newest copy: highest saved step, then latest write (never the names' text order)
+    return max(old, key=lambda p: (_checkpoint_step(p), (p / META).stat().st_mtime_ns))
+
+
+def _is_maxca_run(path: Path) -> bool:
+    """Whether ``path`` holds a maxca run: checkpoints, or a metrics.csv with our header."""
+    ckpts = path / "checkpoints"
+    if ckpts.is_dir() and any((c / META).is_file() for c in ckpts.iterdir() if c.is_dir()):
+        return True
+    try:
+        with open(path / CSV_NAME, newline="") as fh:
+            return fh.readline().startswith("step,epoch,elapsed_s,lr,loss")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _remove_stale_temporaries(ckpt_dir: Path) -> None:
+    """Remove the hidden copies an interrupted save left in ``checkpoints/`` (called after a
+    save completed, when ``last`` and ``best`` are whole again)."""
+    import shutil
+
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.iterdir():
+        if p.name.startswith(_TEMPORARY_PREFIXES):
+            kind = p.name[1:5]  # "last" or "best"
+            if (ckpt_dir / kind / META).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into ``KeyboardInterrupt`` (as SIGINT) while training, so a
+    terminated run saves ``checkpoints/last`` first; the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {n: signal.signal(getattr(signal, n), handler) for n in names}
+    try:
+        yield
+    finally:
+        for n, h in previous.items():
+            signal.signal(getattr(signal, n), h)
 
 
 class Trainer:
@@ -171,6 +254,8 @@ class Trainer:
         config: the experiment.
         dist_ctx: data-parallel context (:func:`~maxca.training.distributed.init_distributed`);
             default: a single process.
+        overwrite: allow an existing ``run_dir`` that is not a maxca run (its ``config.yaml``
+            and ``metrics.csv`` are replaced; other files are left alone).
 
     Attributes:
         run_dir: the run directory (decided by rank 0, shared with every rank).
@@ -179,8 +264,14 @@ class Trainer:
         progress: step, epoch, elapsed time and best metric.
     """
 
-    def __init__(self, config: ExperimentConfig, dist_ctx: DistContext | None = None) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        dist_ctx: DistContext | None = None,
+        overwrite: bool = False,
+    ) -> None:
         self.config = config
+        self.overwrite = overwrite
         self.dist = dist_ctx or DistContext()
         self.is_main = self.dist.is_main
         cfg = config
@@ -192,6 +283,14 @@ class Trainer:
         self._setup_precision()
         self.run_dir = self._decide_run_dir()
         self.progress = _Progress()
+        # running training-loss sums of the current log interval, the step of the last
+        # validation and the rows not yet in metrics.csv: all saved in checkpoints/last
+        self._loss_sums: list[float] = []
+        self._loss_count = 0
+        self._val_step = -1
+        self._pending_rows: list[dict[str, Any]] = []
+        self._logged_val_steps: set[int] = set()
+        self.horizon_steps: int | None = None
 
         # ---- data ------------------------------------------------------------------------
         self.dataset = self._load_dataset()
@@ -213,7 +312,10 @@ class Trainer:
             **common,
         )
         if cfg.data.synth == "labels":  # images drawn from the label maps at every step
-            self.train_data: PairDataset = SynthPairDataset(self.dataset, **train_options)
+            synth = LabelSynthConfig(pair_contrast=cfg.data.synth_contrast)
+            self.train_data: PairDataset = SynthPairDataset(
+                self.dataset, synth=synth, **train_options
+            )
         else:
             self.train_data = PairDataset(
                 self.dataset,
@@ -323,6 +425,18 @@ class Trainer:
                     f"run directory {path} already holds a run; pass resume=true to continue it "
                     "or choose another run_dir"
                 )
+            elif path.is_file():
+                error = f"run directory {path} is a file"
+            elif (
+                path.is_dir()
+                and any(path.iterdir())
+                and not _is_maxca_run(path)
+                and not self.overwrite
+            ):
+                error = (
+                    f"run directory {path} exists and is not a maxca run; choose another run_dir "
+                    "or pass --overwrite (its config.yaml and metrics.csv would be replaced)"
+                )
             run_dir = str(path)
         run_dir, error = self.dist.broadcast_object((run_dir, error))
         if error:
@@ -389,17 +503,30 @@ class Trainer:
             if _metric(best_state.get("best_metric")) > p.best_metric:
                 p.best_metric = _metric(best_state.get("best_metric"))
                 p.best_step = int(best_state.get("best_step", -1))
+        sums = state.get("loss_sums")
+        if isinstance(sums, list) and len(sums) == 1 + len(self.terms):
+            self._loss_sums = [float(v) for v in sums]
+            self._loss_count = int(state.get("loss_count", 0))
+        self._val_step = int(state.get("val_step", -1))
+        pending = state.get("pending_rows")
+        self._pending_rows = [dict(r) for r in pending] if isinstance(pending, list) else []
         opt = load_optimizer_state(ckpt)
         if opt is None:
             raise MaxcaInputError(f"cannot resume: {ckpt} has no optimizer state")
-        self.optimizer.load_state_dict(opt["optimizer"])
-        if opt.get("scaler"):
-            self.scaler.load_state_dict(opt["scaler"])
-        rng = opt.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if self.device.type == "cuda" and rng.get("cuda"):
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        try:
+            self.optimizer.load_state_dict(opt["optimizer"])
+            if opt.get("scaler"):
+                self.scaler.load_state_dict(opt["scaler"])
+            rng = opt.get("rng", {})
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if self.device.type == "cuda" and rng.get("cuda"):
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise MaxcaInputError(
+                f"cannot resume: optimizer state {ckpt / 'optimizer.pt'} does not fit this "
+                f"model and optimizer ({type(exc).__name__}: {exc})"
+            ) from exc
 
     # ------------------------------------------------------------------------------------------
     # small pieces of the loop
@@ -557,6 +684,10 @@ class Trainer:
             "best_step": p.best_step,
             "best_metric_name": "val_dice" if self.eval_labels else "-val_loss",
             "train_config": self.config.to_dict(),
+            "loss_sums": list(self._loss_sums),
+            "loss_count": self._loss_count,
+            "val_step": self._val_step,
+            "pending_rows": list(self._pending_rows),
         }
 
     def _save(self, which: str, with_optimizer: bool) -> None:
@@ -592,13 +723,24 @@ class Trainer:
             raise self._nonfinite(error, " (checkpoint not written)")
         if which == "last":
             self.progress.saved_step = self.progress.step
+        if self.is_main:
+            _remove_stale_temporaries(self.run_dir / "checkpoints")
 
     def _prepare_csv(self, path: Path) -> None:
-        """Create ``metrics.csv``, or on resume keep only the rows up to the resumed step."""
-        rows: list[dict[str, str]] = []
+        """Create ``metrics.csv``, or on resume keep only the rows up to the resumed step and add
+        the rows the checkpoint carries that a crash kept from reaching the file (one row per
+        step)."""
+        rows: list[dict[str, Any]] = []
         if self.config.resume and path.is_file():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.progress.step]
+            logged = {int(r["step"]) for r in rows}
+            missing = [r for r in self._pending_rows if int(r["step"]) not in logged]
+            rows = sorted(rows + [_csv_row(r) for r in missing], key=lambda r: int(r["step"]))
+        self._pending_rows = []
+        self._logged_val_steps = {
+            int(r["step"]) for r in rows if any(r.get(k) for k in ("val_loss", "val_dice"))
+        }
         with open(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, self._csv_columns, extrasaction="ignore")
             writer.writeheader()
@@ -607,9 +749,7 @@ class Trainer:
     def _log(self, row: dict[str, float]) -> None:
         with open(self.run_dir / CSV_NAME, "a", newline="") as fh:
             writer = csv.DictWriter(fh, self._csv_columns, extrasaction="ignore")
-            writer.writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
+            writer.writerow(_csv_row(row))
         if self._tb is not None:
             step = int(row["step"])
             for key, value in row.items():
@@ -647,6 +787,7 @@ class Trainer:
                     "TensorBoard is not installed: no tb/ events (%s)", install_hint("tensorboard")
                 )
         b = self.config.budget
+        self.bar_total = b.steps
         self._bar = tqdm(
             total=b.steps,
             initial=self.progress.step,
@@ -674,7 +815,52 @@ class Trainer:
         return b.minutes is not None and elapsed_s >= 60.0 * b.minutes
 
     def fit(self) -> Path:
-        """Train until the budget is spent; returns the run directory."""
+        """Train until the budget is spent; returns the run directory.
+
+        SIGINT, SIGTERM and SIGHUP stop training after saving ``checkpoints/last`` (single
+        process) and raise ``KeyboardInterrupt``.
+        """
+        with _terminate_as_interrupt():
+            return self._fit()
+
+    def _estimate_horizon(self, session_steps: int, first_step_clock: float, now: float) -> None:
+        """With a time budget: the run's expected length in steps from the measured step time
+        of this session (after :data:`ESTIMATE_AFTER_STEPS` steps); drives the warm-up and the
+        progress bar's total. ``now`` is rank 0's clock shared by every rank, so that every
+        rank computes the same horizon (and learning rate)."""
+        b = self.config.budget
+        if b.minutes is None or session_steps < ESTIMATE_AFTER_STEPS:
+            return
+        per_step = (now - first_step_clock) / max(1, session_steps - 1)
+        if per_step <= 0:
+            return
+        remaining = max(0.0, 60.0 * b.minutes - now)
+        horizon = self.progress.step + int(remaining / per_step)
+        if b.steps is not None:
+            horizon = min(horizon, b.steps)
+        self.horizon_steps = max(horizon, self.progress.step)
+        if self._bar is not None and self._bar.total != self.horizon_steps:
+            self._bar.total = self.horizon_steps
+            self._bar.refresh()
+        self.bar_total = self.horizon_steps
+
+    def _warn_if_barely_trained(self, max_lr: float) -> None:
+        p, optim = self.progress, self.config.optim
+        reasons = []
+        if p.step < MIN_TRAINED_STEPS:
+            reasons.append(f"only {p.step} optimisation steps")
+        if not self.config.resume and max_lr < 0.5 * optim.lr:
+            reasons.append(
+                f"the learning rate peaked at {max_lr:.3g}, under half of optim.lr={optim.lr:g}"
+            )
+        if reasons and self.is_main:
+            logger.warning(
+                "the model barely trained (%s): raise budget.steps/budget.minutes or lower "
+                "optim.warmup_steps",
+                "; ".join(reasons),
+            )
+
+    def _fit(self) -> Path:
         cfg = self.config
         p = self.progress
         self._session_start = time.monotonic()
@@ -688,12 +874,20 @@ class Trainer:
         params = [q for q in self.module.parameters() if q.requires_grad]
         sums = torch.zeros(1 + len(self.terms), dtype=torch.float64)
         count = 0
-        last_val_step = last_ckpt_step = -1
+        if self._loss_sums:  # the interval a resumed checkpoint was saved in
+            sums += torch.tensor(self._loss_sums, dtype=torch.float64)
+            count = self._loss_count
+        last_ckpt_step = -1
         shared_elapsed = self._elapsed()
         batches = self._batches()
+        session_steps, first_step_clock, max_lr = 0, 0.0, 0.0
+        row: dict[str, Any] = {}
         try:
             while not self._done(shared_elapsed):
-                lr = learning_rate(cfg.optim, cfg.budget, p.step, shared_elapsed)
+                lr = learning_rate(
+                    cfg.optim, cfg.budget, p.step, shared_elapsed, self.horizon_steps
+                )
+                max_lr = max(max_lr, lr)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 batch = next(batches)
@@ -721,6 +915,10 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 p.step += 1
+                session_steps += 1
+                if session_steps == 1:
+                    first_step_clock = shared_elapsed
+                self._estimate_horizon(session_steps, first_step_clock, shared_elapsed)
                 sums += packed[: 1 + len(self.terms)] / self.dist.world_size
                 count += 1
                 if self._bar is not None:
@@ -738,29 +936,45 @@ class Trainer:
                     count = 0
                 if cfg.val_every and (p.step % cfg.val_every == 0 or finishing):
                     row.update(self._validate_and_keep_best())
-                    last_val_step = p.step
-                if p.step % cfg.ckpt_every == 0 or finishing:
+                    self._val_step = p.step
+                if row:
+                    row.update(step=p.step, epoch=p.epoch, elapsed_s=self._elapsed())
+                saving = p.step % cfg.ckpt_every == 0 or finishing
+                if saving:
+                    # the checkpoint carries this step's row: a crash before it reaches
+                    # metrics.csv loses nothing (the resume writes it)
+                    self._pending_rows = [row] if row and self.is_main else []
+                    self._loss_sums, self._loss_count = sums.tolist(), count
                     self._save("last", with_optimizer=True)
                     last_ckpt_step = p.step
+                    self._pending_rows = []
                 if row and self.is_main:
-                    row.update(step=p.step, epoch=p.epoch, elapsed_s=self._elapsed())
                     self._log(row)
-            # the budget was spent before any step of this session (a resumed, finished run)
-            if cfg.val_every and last_val_step != p.step and p.step > 0:
+                row = {}
+            # the budget was spent before any step of this session (a resumed, finished run):
+            # validate once unless the checkpoint's step was validated already
+            validated = self._val_step == p.step or p.step in self._logged_val_steps
+            if cfg.val_every and not validated and p.step > 0:
                 metrics = self._validate_and_keep_best()
+                self._val_step = p.step
                 if metrics and self.is_main:
                     self._log({**metrics, "step": p.step, "epoch": p.epoch})
             if last_ckpt_step != p.step and p.saved_step != p.step:
+                self._loss_sums, self._loss_count = sums.tolist(), count
                 self._save("last", with_optimizer=True)
         except KeyboardInterrupt:
             if not self.dist.enabled and p.step > max(last_ckpt_step, p.saved_step, 0):
                 self._echo(f"interrupted at step {p.step}: saving checkpoints/last")
+                self._loss_sums, self._loss_count = sums.tolist(), count
+                self._pending_rows = [row] if row.get("step") == p.step else []
                 self._save("last", with_optimizer=True)
             raise
         finally:
             self._close_outputs()
         if self.is_main:
             self._echo(f"done: {p.step} steps; checkpoints in {self.run_dir / 'checkpoints'}")
+            if session_steps:
+                self._warn_if_barely_trained(max_lr)
         return self.run_dir
 
     def _validate_and_keep_best(self) -> dict[str, float]:
@@ -791,6 +1005,7 @@ def train(
     config: ExperimentConfig,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``config`` (in the process group torchrun set up, if any); returns the run dir.
 
@@ -798,6 +1013,7 @@ def train(
         config: the experiment.
         run_dir: overrides ``config.run_dir``.
         resume: overrides ``config.resume``: continue ``run_dir`` from ``checkpoints/last``.
+        overwrite: allow a ``run_dir`` that exists and is not a maxca run.
     """
     if run_dir is not None:
         config.run_dir = os.path.abspath(run_dir)
@@ -805,12 +1021,14 @@ def train(
         config.resume = bool(resume)
     ctx = init_distributed(config.device)
     try:
-        return Trainer(config, ctx).fit()
+        return Trainer(config, ctx, overwrite=overwrite).fit()
     finally:
         shutdown(ctx)
 
 
-def main_train(config_path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Path:
-    """``maxca train CONFIG [key=value ...]``: load the YAML (or a run directory's config),
-    apply the overrides and train; returns the run directory."""
-    return train(load_config(config_path, list(overrides)))
+def main_train(
+    config_path: str | os.PathLike[str], overrides: Sequence[str] = (), overwrite: bool = False
+) -> Path:
+    """``maxca train CONFIG [key=value ...] [--overwrite]``: load the YAML (or a run
+    directory's config), apply the overrides and train; returns the run directory."""
+    return train(load_config(config_path, list(overrides)), overwrite=overwrite)
