@@ -164,6 +164,7 @@ def _note_dice_fell(metrics: Sequence[dict[str, Any]]) -> None:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     from maxca.app import check_output_dir, load_model, register_dataset, register_files
+    from maxca.app.registration import parse_outputs
     from maxca.pretrained import resolve_model
 
     single = args.fixed is not None or args.moving is not None
@@ -172,6 +173,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if args.dataset is None and (args.fixed is None or args.moving is None):
         raise _UsageError("one pair needs both --fixed and --moving (or use --dataset)")
     check_output_dir(args.out, args.overwrite)
+    parse_outputs(args.outputs, dataset=args.dataset is not None)  # before loading anything
     for name in ("fixed", "moving", "moving_labels", "fixed_labels", "dataset"):
         value = getattr(args, name)
         if value is not None and not Path(value).exists():
