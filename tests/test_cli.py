@@ -124,7 +124,7 @@ def test_register_one_pair(files, tmp_path, capsys):
     assert names == sorted(
         [
             "warped.nii.gz", "warped_labels.nii.gz", "flow_voxel.nii.gz", "disp_itk.nii.gz",
-            "metrics.json", "figure.png", "registration.json",
+            "metrics.json", "figure.png", "registration.json", ".maxca-manifest.json",
         ]
     )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]  # no temporary leftovers
@@ -137,9 +137,9 @@ def test_register_one_pair(files, tmp_path, capsys):
     assert arr.dtype == np.uint8 and set(np.unique(arr)) <= LABELS
     flow = nib.load(str(out / "flow_voxel.nii.gz"))
     assert flow.shape == (*SHAPE, 1, 3)
-    field = sitk.ReadImage(str(out / "disp_itk.nii.gz"))
+    field = sitk.ReadImage(str(out / "disp_itk.nii.gz"), sitk.sitkVectorFloat64)
     assert field.GetSize() == SHAPE and field.GetNumberOfComponentsPerPixel() == 3
-    sitk.DisplacementFieldTransform(field)  # accepted as written (float64 vectors)
+    sitk.DisplacementFieldTransform(field)  # float32 on disk, float64 as read
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == [4, 17]
     assert 0 <= metrics["dice_before"] <= 1 and 0 <= metrics["dice_after"] <= 1
@@ -255,8 +255,8 @@ def test_batch_register_then_evaluate(files, tmp_path, capsys):
     assert "[1/2] 0002_0001" in stdout and "[2/2] 0003_0001" in stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == [
-        "0002_0001", "0003_0001", "disp_0002_0001.nii.gz", "disp_0003_0001.nii.gz",
-        "summary.json", "summary.md",
+        ".maxca-manifest.json", "0002_0001", "0003_0001", "disp_0002_0001.nii.gz",
+        "disp_0003_0001.nii.gz", "summary.json", "summary.md",
     ]  # fmt: skip
     disp = nib.load(str(out / "disp_0002_0001.nii.gz"))
     assert disp.shape == (*SHAPE, 3)  # Learn2Reg: voxel displacement, channels last

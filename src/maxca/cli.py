@@ -7,16 +7,22 @@ Exit codes: 0 success; 2 a usage error or bad input (missing/corrupt file, wrong
 mismatched grids, NaN voxels, a checkpoint that does not match its config, an output folder that
 already holds results...), reported as one line ``maxca: error: <message>`` on stderr; 1 an
 unexpected failure (``--debug`` prints its traceback); 3 training diverged; 130 interrupted
-(the contract: :mod:`maxca.errors`).
+(the contract: :mod:`maxca.errors`); 143 terminated (SIGTERM), 129 hung up (SIGHUP):
+``register``, ``evaluate`` and ``show`` handle SIGTERM and SIGHUP like Ctrl-C (temporary files
+removed, one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,53 @@ from maxca.runtime import tune_cpu_allocator
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM/SIGHUP turned into an interruption (cleans up like Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`_Terminated` (a KeyboardInterrupt),
+    so temporary outputs are removed as for Ctrl-C. Only in the main thread."""
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {}
+    try:
+        for name in names:
+            signum = getattr(signal, name)
+            old[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread: leave the handlers alone
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, *rest: Any) -> None:
+    """maxca's own warnings (``UserWarning``) as one line ``maxca: warning: ...``; others as
+    Python shows them."""
+    if isinstance(category, type) and category is UserWarning:
+        print(f"maxca: warning: {_one_line(message)}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, *rest)
+
+
+def _memory_gb(text: str) -> float:
+    return _positive_float(text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,8 +142,29 @@ def _print_pair(report: Any, prefix: str = "  ") -> None:
         print()
 
 
+def _note_dice_fell(metrics: Sequence[dict[str, Any]]) -> None:
+    """One line when the mean Dice after registration is below the Dice before."""
+    pairs = [
+        (m["dice_before"], m["dice_after"])
+        for m in metrics
+        if m and m.get("dice_before") is not None and m.get("dice_after") is not None
+    ]
+    if not pairs:
+        return
+    before = sum(b for b, _ in pairs) / len(pairs)
+    after = sum(a for _, a in pairs) / len(pairs)
+    if after < before:
+        which = "" if len(pairs) == 1 else f" (mean over {len(pairs)} pairs)"
+        print(
+            f"  note: Dice fell{which}, {before:.3f} -> {after:.3f}: the labels may not "
+            "correspond, or the model may not fit these images (other contrast, resolution or "
+            "anatomy than it was trained on; try --refine STEPS)"
+        )
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     from maxca.app import check_output_dir, load_model, register_dataset, register_files
+    from maxca.app.registration import parse_outputs
     from maxca.pretrained import resolve_model
 
     single = args.fixed is not None or args.moving is not None
@@ -99,6 +173,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if args.dataset is None and (args.fixed is None or args.moving is None):
         raise _UsageError("one pair needs both --fixed and --moving (or use --dataset)")
     check_output_dir(args.out, args.overwrite)
+    parse_outputs(args.outputs, dataset=args.dataset is not None)  # before loading anything
     for name in ("fixed", "moving", "moving_labels", "fixed_labels", "dataset"):
         value = getattr(args, name)
         if value is not None and not Path(value).exists():
@@ -112,6 +187,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "refine_steps": args.refine,
         "png": args.png,
         "overwrite": args.overwrite,
+        "outputs": args.outputs,
+        "compress": args.compress,
+        "max_memory_gb": args.max_memory,
+        "progress": not args.quiet,
         "affine": affine,
     }
     if args.dataset is None:
@@ -130,6 +209,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         print(f"registered {args.moving} -> {args.fixed}")
         print(f"  model grid {shape} at {spacing} mm on {report.device}")
         _print_pair(report)
+        _note_dice_fell([report.metrics])
         print(f"  wrote {report.out_dir}: {', '.join(report.files)}")
         print(f"  runtime {report.runtime_s:.2f} s (network {report.timings['network']:.2f} s)")
         return EXIT_OK
@@ -145,6 +225,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     scored = [r.metrics["dice_after"] for r in reports if r.metrics]
     if scored and all(v is not None for v in scored):
         print(f"mean Dice after over {len(scored)} pairs: {sum(scored) / len(scored):.3f}")
+    _note_dice_fell([r.metrics for r in reports])
     print(f"wrote {Path(args.out).resolve()}: {len(reports)} pairs, disp_FFFF_MMMM.nii.gz files")
     print(f"runtime {time.perf_counter() - t0:.2f} s")
     return EXIT_OK
@@ -227,6 +308,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     run_dir = main_train(args.config, list(args.overrides), overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
+    return EXIT_OK
+
+
+def _cmd_example_data(args: argparse.Namespace) -> int:
+    from maxca.app.demo import write_example_data
+
+    t0 = time.perf_counter()
+    dataset = write_example_data(args.out, args.subjects, args.seed, args.overwrite)
+    meta = json.loads(dataset.read_text(encoding="utf-8"))
+    shape = "x".join(str(s) for s in meta["tensorImageShape"]["0"])
+    pairs = meta["registration_val"]
+    print(
+        f"wrote {dataset.parent}: {len(meta['training'])} training subjects + "
+        f"{len(meta['validation'])} held out ({shape} voxels at 3 mm, 6 labels), "
+        f"{len(pairs)} registration_val pairs ({time.perf_counter() - t0:.1f} s)"
+    )
+    print(f"  dataset: {dataset}")
+    print(f"  a pair:  --fixed {dataset.parent / pairs[0]['fixed']} --moving "
+          f"{dataset.parent / pairs[0]['moving']}")  # fmt: skip
     return EXIT_OK
 
 
@@ -332,6 +432,29 @@ def build_parser() -> argparse.ArgumentParser:
         "models that ask for it, e.g. brain; off otherwise)",
     )
     reg.add_argument("--png", action="store_true", help="also write figure.png")
+    reg.add_argument(
+        "--outputs",
+        metavar="LIST",
+        help="comma-separated files to write: warped,labels,flow,itk (pair; default all "
+        "four) and l2r (dataset: disp_FFFF_MMMM.nii.gz; default all five); metrics.json and "
+        "registration.json are always written",
+    )
+    reg.add_argument(
+        "--compress",
+        action="store_true",
+        help="zlib-compress the displacement fields (smaller files, a few seconds slower at "
+        "1 mm; default: stored uncompressed inside .nii.gz)",
+    )
+    reg.add_argument(
+        "--max-memory",
+        type=_memory_gb,
+        metavar="GB",
+        help="memory budget: refuse a registration estimated to need more (default: the "
+        "memory available now)",
+    )
+    reg.add_argument(
+        "--quiet", action="store_true", help="no progress bar for --refine (stderr, terminals)"
+    )
     reg.add_argument("--overwrite", action="store_true", help="replace results in --out")
     reg.set_defaults(func=_cmd_register)
 
@@ -389,6 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_cmd_train)
 
+    example = sub.add_parser(
+        "example-data",
+        help="write a small Learn2Reg dataset to try the commands on",
+        description="Write a small Learn2Reg dataset (dataset.json, imagesTr, labelsTr, "
+        "registration_val pairs) made offline from the MNI152 template in nilearn's wheel: "
+        "every command-line example of the README runs on it.",
+    )
+    example.add_argument("out", metavar="DIR", help="dataset folder (new or empty)")
+    example.add_argument(
+        "--subjects", type=_positive_int, default=10, help="number of subjects (>= 6, default 10)"
+    )
+    example.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    example.add_argument("--overwrite", action="store_true", help="replace an earlier dataset")
+    example.set_defaults(func=_cmd_example_data)
+
     config = sub.add_parser(
         "config",
         help="list every training config key with its default and meaning",
@@ -427,11 +565,21 @@ def _one_line(exc: BaseException) -> str:
 def _run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    handle_signals = args.command in ("register", "evaluate", "show")
     try:
-        return func(args)
+        with (
+            _terminate_like_interrupt() if handle_signals else contextlib.nullcontext(),
+            warnings.catch_warnings(),
+        ):
+            warnings.showwarning = _show_warning
+            return func(args)
     except (_UsageError, MaxcaInputError, OSError) as exc:
         print(f"maxca: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except _Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"maxca: interrupted by {name}; temporary files removed", file=sys.stderr)
+        return 128 + exc.signum
     except TrainingDivergedError as exc:
         print(f"maxca: training diverged: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DIVERGED

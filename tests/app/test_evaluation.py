@@ -131,7 +131,12 @@ def test_evaluate_dataset_and_reports(tmp_path):
     assert [r.dice[1] for r in scores] == [1.0, pytest.approx(0.75)]
 
     out = write_evaluation(scores, tmp_path / "eval")
-    assert sorted(p.name for p in out.iterdir()) == ["pairs", "summary.json", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".maxca-manifest.json",
+        "pairs",
+        "summary.json",
+        "summary.md",
+    ]
     assert sorted(p.name for p in (out / "pairs").iterdir()) == ["0001_0002.csv", "0001_0003.csv"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_pairs"] == 2

@@ -238,16 +238,50 @@ def test_speed_cli_path(ablation_3d: Path, tiny_dataset: Path, tmp_path: Path) -
     assert (tmp_path / "cli" / "warped_labels.nii.gz").is_file()
 
 
-@pytest.mark.skipif(not _common.BRAIN_2MM.is_file(), reason="../shared/data/brain-synth-2mm absent")
-def test_identity_on_brain_synth_2mm_is_the_documented_affine_only_dice() -> None:
-    """The scoring path reproduces the affine-only mean Dice documented for the 2 mm data
-    (0.522 on registration_val, shared/data/README.md)."""
-    labels = evaluation_labels(_common.BRAIN_2MM)
-    assert labels is not None and len(labels) == 28
-    pairs = load_pairs(validation_pairs(_common.BRAIN_2MM))
+def _slab_dataset(root: Path) -> Path:
+    """Two subjects on a 2 mm LIA grid: label 3 fills x < 10 (subject A) or x < 12 (subject B),
+    label 5 the next 6 slices; identity Dice is known by hand."""
+    import json
+
+    import nibabel as nib
+
+    affine = np.array([[-2.0, 0, 0, 79], [0, 0, 2, -128], [0, -2, 0, 97], [0, 0, 0, 1]])
+    shape = (24, 8, 8)
+    entries = []
+    for name, edge in (("S_0001_0000.nii.gz", 10), ("S_0002_0000.nii.gz", 12)):
+        lab = np.zeros(shape, np.int16)
+        lab[:edge] = 3
+        lab[edge : edge + 6] = 5
+        img = (lab > 0).astype(np.float32) * 0.5 + (lab == 5) * 0.5
+        for sub, arr in (("imagesTr", img), ("labelsTr", lab)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(arr, affine), str(root / sub / name))
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": "S",
+        "training": entries,
+        "evaluation_labels": [3, 5],
+        "registration_val": [
+            {"fixed": entries[0]["image"], "moving": entries[1]["image"]},
+            {"fixed": entries[1]["image"], "moving": entries[0]["image"]},
+        ],
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root / "dataset.json"
+
+
+def test_identity_scores_are_the_hand_computed_affine_only_dice(tmp_path: Path) -> None:
+    """The scoring path gives the affine-only (identity) Dice computed by hand on a dataset
+    built here (it once needed ../shared/data/brain-synth-2mm)."""
+    dataset = _slab_dataset(tmp_path / "slabs")
+    labels = evaluation_labels(dataset)
+    assert labels == [3, 5]
+    pairs = load_pairs(validation_pairs(dataset))
     rows = [pair_row(score_flow(p, identity_flow(p), labels)) for p in pairs]
-    assert len(rows) == 4
-    assert np.mean([r["dice"] for r in rows]) == pytest.approx(0.522, abs=0.001)
+    assert len(rows) == 2
+    # label 3: 10 vs 12 slices overlap in 10 -> 20/22; label 5: [10, 16) vs [12, 18) -> 8/12
+    expected = (20 / 22 + 8 / 12) / 2
+    assert [r["dice"] for r in rows] == pytest.approx([expected, expected])
     assert all(math.isfinite(r["hd95"]) and r["njd_percent"] == 0.0 for r in rows)
 
 

@@ -128,8 +128,8 @@ def test_shape_mismatch_and_bad_options(tmp_path: Path) -> None:
         PairDataset(ds, mode="pairs", pairs=[(0, 1)], target_shape=(6, 6))[0]
 
 
-def test_shared_brain_pairs(brain_2mm: Path) -> None:
-    ds = PairDataset(brain_2mm, mode="pairs", target_shape=(80, 96, 112))
+def test_brain_like_pairs(brain_2mm: Path) -> None:
+    ds = PairDataset(brain_2mm, mode="pairs", target_shape=(80, 96, 112))  # upsampled 4x
     assert len(ds) == 4
     item = ds[2]  # (01, 13)
     assert Path(item["fixed_path"]).name == "BRAIN_0001_0000.nii.gz"

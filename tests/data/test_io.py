@@ -22,7 +22,7 @@ from maxca.data.io import (
 )
 from maxca.errors import MaxcaInputError
 
-from .conftest import AFFINE_2MM, write_nifti
+from .conftest import AFFINE_2MM, BRAIN_SHAPE, write_nifti
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -39,9 +39,9 @@ def oblique_affine() -> np.ndarray:
     return affine
 
 
-def test_read_shared_nifti(brain_2mm: Path) -> None:
-    vol = read_volume(brain_2mm / "imagesTr" / "BRAIN_0001_0000.nii.gz")
-    assert vol.shape == (80, 96, 112)
+def test_read_brain_like_nifti(brain_2mm: Path) -> None:
+    vol = read_volume(brain_2mm / "imagesTr" / "BRAIN_0001_0000.nii.gz")  # uint8 + slope 1/255
+    assert vol.shape == BRAIN_SHAPE
     assert vol.ndim == 3
     assert vol.array.dtype == np.float32
     np.testing.assert_array_equal(vol.affine, AFFINE_2MM)
@@ -52,7 +52,7 @@ def test_read_shared_nifti(brain_2mm: Path) -> None:
     assert {2, 3, 41, 42}.issubset(set(np.unique(lab.array).tolist()))
 
 
-def test_sitk_reader_matches_nibabel_on_shared_file(brain_2mm: Path) -> None:
+def test_sitk_reader_matches_nibabel_on_brain_like_file(brain_2mm: Path) -> None:
     path = brain_2mm / "imagesTr" / "BRAIN_0002_0000.nii.gz"
     arr, affine, _ = mio._read_sitk(path, "image")
     vol = read_volume(path)

@@ -12,17 +12,17 @@ import pytest
 from maxca.data.learn2reg import load_folder, load_learn2reg
 from maxca.errors import MaxcaInputError
 
-from .conftest import make_tiny_dataset, write_nifti
+from .conftest import BRAIN_SHAPE, make_tiny_dataset, write_nifti
 
 
-def test_shared_brain_dataset(brain_2mm: Path) -> None:
+def test_brain_like_dataset(brain_2mm: Path) -> None:
     ds = load_learn2reg(brain_2mm / "dataset.json")
     assert ds.root == brain_2mm.resolve()
     assert len(ds.training) == 12
     assert len(ds.registration_val) == 4
     assert len(ds.evaluation_labels) == 28
     assert ds.evaluation_labels[:3] == [2, 3, 4] and 60 in ds.evaluation_labels
-    assert ds.tensor_image_shape == (80, 96, 112)
+    assert ds.tensor_image_shape == BRAIN_SHAPE
     assert ds.label_names[17] == "Left-Hippocampus" and ds.label_names[0] == "background"
     for entry in ds.training:
         assert entry.image.is_absolute() and entry.image.is_file()
@@ -130,3 +130,16 @@ def test_load_folder(tmp_path: Path) -> None:
         load_folder(tmp_path / "empty")
     with pytest.raises(MaxcaInputError, match="image folder not found"):
         load_folder(tmp_path / "nowhere")
+
+
+def test_missing_json_path_is_not_called_an_image_folder(tmp_path: Path) -> None:
+    """A dataset.json path that does not exist is named as a dataset file (issue 15)."""
+    from maxca.data.dataset import as_dataset
+
+    missing = tmp_path / "shared" / "data" / "dataset.json"
+    with pytest.raises(MaxcaInputError) as info:
+        as_dataset(missing)
+    message = str(info.value)
+    assert "image folder" not in message
+    assert message.startswith(f"dataset file not found: {missing}")
+    assert "maxca example-data" in message

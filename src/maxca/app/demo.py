@@ -52,6 +52,7 @@ __all__ = [
     "MODEL_CONFIG",
     "demo_config",
     "run_demo",
+    "write_example_data",
 ]
 
 #: training subjects (two more are made for the held-out pair)
@@ -377,3 +378,54 @@ def run_demo(
     if before is not None and after is not None and after <= before:
         print("note: Dice did not improve; train longer (--steps) or on more --subjects")
     return out_dir
+
+
+#: subjects of ``maxca example-data``: 6 for training, 4 for two held-out pairs
+EXAMPLE_SUBJECTS = 10
+#: held-out pairs (``registration_val``) of ``maxca example-data``
+EXAMPLE_PAIRS = 2
+
+
+def write_example_data(
+    out: str | os.PathLike[str],
+    subjects: int = EXAMPLE_SUBJECTS,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a small Learn2Reg dataset for trying the command line (``maxca example-data``).
+
+    ``subjects`` synthetic subjects made from the MNI152 template that nilearn ships in its
+    wheel (offline; :func:`maxca.data.template.make_template_dataset`) at 3 mm (51x63x53
+    voxels), with CSF/GM/WM label maps per hemisphere: ``dataset.json``, ``imagesTr/``,
+    ``labelsTr/`` and ``registration_val`` pairs (``DEMO_0007`` <- ``DEMO_0008`` and
+    ``DEMO_0009`` <- ``DEMO_0010`` by default), held out of ``training``. ``out`` appears complete
+    or not at all.
+
+    Args:
+        out: the dataset folder (new or empty, or any folder with ``overwrite``).
+        subjects: number of subjects (>= 6: two for training, four for the held-out pairs).
+        seed: seed of the random deformations and intensities.
+        overwrite: replace an earlier example dataset in ``out``.
+
+    Returns:
+        the path of ``dataset.json``.
+    """
+    from maxca.inference._output import OutputDir, check_output_dir
+
+    minimum = 2 + 2 * EXAMPLE_PAIRS
+    if isinstance(subjects, bool) or not isinstance(subjects, int) or subjects < minimum:
+        raise MaxcaInputError(f"--subjects must be an integer >= {minimum}, got {subjects!r}")
+    require("nilearn.datasets", "demo", "maxca example-data")  # before anything is written
+    out_path = check_output_dir(out, overwrite)
+    from maxca.data.template import make_template_dataset
+
+    with OutputDir(out_path, overwrite, stale=("imagesTr/*", "labelsTr/*")) as tmp:
+        make_template_dataset(
+            tmp,
+            subjects=subjects,
+            spacing_mm=DEFAULT_SPACING_MM,
+            seed=seed,
+            magnitude_vox=DEFAULT_MAGNITUDE_VOX,
+            held_out_pairs=EXAMPLE_PAIRS,
+        )
+    return out_path / "dataset.json"

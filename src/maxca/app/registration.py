@@ -28,7 +28,9 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ import torch
 import torch.nn as nn
 
 from maxca._version import __version__
+from maxca.app import memory as _memory
+from maxca.app._writers import write_itk_field_fast, write_voxel_flow_fast
 from maxca.data.io import Volume, read_volume, write_volume
 from maxca.data.learn2reg import Learn2RegDataset, load_learn2reg
 from maxca.errors import MaxcaInputError
@@ -49,7 +53,6 @@ from maxca.inference.export import (
     read_voxel_flow,
     write_itk_displacement,
     write_l2r_displacement,
-    write_voxel_flow,
 )
 from maxca.inference.register import RegistrationResult, register_pair, resolve_device, warp_volume
 from maxca.metrics import PairResult, dice, evaluate_pair, summarize, write_summary
@@ -58,6 +61,8 @@ from maxca.models.preprocessing import Preprocessing
 from maxca.pretrained import resolve_model
 
 __all__ = [
+    "DEFAULT_OUTPUTS",
+    "OUTPUTS",
     "RESULT_FILES",
     "PairReport",
     "load_model",
@@ -81,6 +86,32 @@ RESULT_FILES = (
     "summary.json",
     "summary.md",
 )
+
+
+#: what ``--outputs`` can choose: warped image, warped labels, voxel flow, ITK/ANTs field,
+#: Learn2Reg ``disp_FFFF_MMMM.nii.gz`` (datasets only); metrics.json and registration.json are
+#: always written
+OUTPUTS = ("warped", "labels", "flow", "itk", "l2r")
+#: the default outputs (``l2r`` is added for a dataset)
+DEFAULT_OUTPUTS = ("warped", "labels", "flow", "itk")
+
+
+def parse_outputs(text: str | Sequence[str] | None, dataset: bool = False) -> tuple[str, ...]:
+    """The outputs named in ``text`` (``"warped,flow"`` or a sequence), checked.
+
+    ``None`` gives :data:`DEFAULT_OUTPUTS` (plus ``l2r`` for a dataset).
+    """
+    if text is None:
+        return (*DEFAULT_OUTPUTS, "l2r") if dataset else DEFAULT_OUTPUTS
+    names = text.replace(",", " ").split() if isinstance(text, str) else list(text)
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown or not names:
+        raise MaxcaInputError(
+            f"--outputs takes a comma-separated list of {', '.join(OUTPUTS)}, got {text!r}"
+        )
+    if "l2r" in names and not dataset:
+        raise MaxcaInputError("--outputs l2r (disp_FFFF_MMMM.nii.gz) is for --dataset only")
+    return tuple(n for n in OUTPUTS if n in names)
 
 
 @dataclass
@@ -147,9 +178,28 @@ def load_model(
     """
     dev = resolve_device(device)
     path, _ = resolve_model(path)  # a packaged model's name (``brain``) or a path
-    model, info = load_checkpoint(path, map_location=dev)
+    try:
+        model, info = load_checkpoint(path, map_location=dev)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise MaxcaInputError(
+            f"{path}: the model that its model.json describes does not fit in memory "
+            f"({type(exc).__name__}); is model.json corrupt?"
+        ) from None
+    _check_finite_weights(model, path)
     model.eval()
     return model, info
+
+
+def _check_finite_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Refuse a model with NaN/Inf weights (they give all-NaN or absurd displacements)."""
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise MaxcaInputError(
+                    f"{path}: weight {name} is not finite (NaN/Inf): the checkpoint is corrupt"
+                )
 
 
 def _clean(value: float) -> float | None:
@@ -194,7 +244,7 @@ def _score(
             present |= set(np.unique(result.moving_labels.array).tolist())
         labels = sorted(int(v) for v in present if v != 0)
     labels = [int(v) for v in labels]
-    before = dice(fixed, result.moving_on_fixed_grid("label"), labels)
+    before = dice(fixed, _moving_labels_on_fixed_grid(result), labels)
     scores = evaluate_pair(
         fixed,
         result.warped_labels.array,
@@ -220,6 +270,20 @@ def _score(
     return metrics, scores
 
 
+def _same_grid(a: Volume, b: Volume) -> bool:
+    return a.shape == b.shape and np.allclose(a.affine, b.affine, rtol=0, atol=1e-6)
+
+
+def _moving_labels_on_fixed_grid(result: RegistrationResult) -> np.ndarray:
+    """The moving labels on the fixed grid by the identity: the array itself when both are on
+    the same grid (nearest-neighbour resampling at the voxel centres is then the identity), else
+    resampled."""
+    ml = result.moving_labels
+    if ml is not None and _same_grid(ml, result.fixed):
+        return ml.array
+    return result.moving_on_fixed_grid("label")
+
+
 def _inputs_record(paths: dict[str, Path | None]) -> dict[str, str | None]:
     return {k: (str(Path(v).resolve()) if v is not None else None) for k, v in paths.items()}
 
@@ -230,8 +294,14 @@ def write_result(
     metrics: dict[str, Any] | None = None,
     png: bool = False,
     record: dict[str, Any] | None = None,
+    outputs: Sequence[str] | None = None,
+    compress: bool = False,
 ) -> list[str]:
     """Write a registration's files into ``folder`` (each file atomically).
+
+    The displacement fields (``flow_voxel.nii.gz``, ``disp_itk.nii.gz``) are float32 and, unless
+    ``compress``, written as stored gzip (valid ``.nii.gz`` at the raw size, written at disk
+    speed; see :mod:`maxca.app._writers`) in a second thread while the images are written.
 
     Args:
         result: from :func:`~maxca.inference.register.register_pair`.
@@ -239,6 +309,8 @@ def write_result(
         metrics: written as ``metrics.json`` when non-empty.
         png: also draw ``figure.png``.
         record: extra entries for ``registration.json``.
+        outputs: which of ``warped, labels, flow, itk`` to write (default all four).
+        compress: zlib-compress the displacement fields (level 1; smaller, slower).
 
     Returns:
         the names of the written files.
@@ -246,29 +318,48 @@ def write_result(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fixed = result.fixed
+    chosen = set(DEFAULT_OUTPUTS if outputs is None else outputs)
+    level = 1 if compress else 0
     written = []
-    write_volume(folder / "warped.nii.gz", result.warped.array, fixed.affine, like=fixed)
-    written.append("warped.nii.gz")
-    if result.warped_labels is not None:
-        write_volume(
-            folder / "warped_labels.nii.gz",
-            result.warped_labels.array,
-            fixed.affine,
-            like=fixed,
-            dtype=result.warped_labels.array.dtype,
-        )
-        written.append("warped_labels.nii.gz")
-    write_voxel_flow(folder / "flow_voxel.nii.gz", result.flow, fixed)
-    written.append("flow_voxel.nii.gz")
-    write_itk_displacement(folder / "disp_itk.nii.gz", result.flow, fixed.affine)
-    written.append("disp_itk.nii.gz")
+
+    def fields() -> list[str]:
+        names = []
+        if "flow" in chosen:
+            write_voxel_flow_fast(folder / "flow_voxel.nii.gz", result.flow, fixed, level)
+            names.append("flow_voxel.nii.gz")
+        if "itk" in chosen:
+            if result.flow.shape[0] == 3:
+                write_itk_field_fast(folder / "disp_itk.nii.gz", result.flow, fixed.affine, level)
+            else:
+                write_itk_displacement(folder / "disp_itk.nii.gz", result.flow, fixed.affine)
+            names.append("disp_itk.nii.gz")
+        return names
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(fields)
+        if "warped" in chosen:
+            write_volume(folder / "warped.nii.gz", result.warped.array, fixed.affine, like=fixed)
+            written.append("warped.nii.gz")
+        if result.warped_labels is not None and "labels" in chosen:
+            write_volume(
+                folder / "warped_labels.nii.gz",
+                result.warped_labels.array,
+                fixed.affine,
+                like=fixed,
+                dtype=result.warped_labels.array.dtype,
+            )
+            written.append("warped_labels.nii.gz")
+        written.extend(pending.result())
     if result.affine is not None:  # pre-aligned: the chain affine + deformable field too
         with atomic_file(folder / "affine.mat", ".mat") as tmp:
             write_itk_affine(tmp, result.affine, fixed.ndim)
         written.append("affine.mat")
         if result.deformable_flow is not None:
             name = "disp_deformable_itk.nii.gz"
-            write_itk_displacement(folder / name, result.deformable_flow, fixed.affine)
+            if result.deformable_flow.shape[0] == 3:
+                write_itk_field_fast(folder / name, result.deformable_flow, fixed.affine, level)
+            else:
+                write_itk_displacement(folder / name, result.deformable_flow, fixed.affine)
             written.append(name)
     if metrics:
         _write_json(folder / "metrics.json", metrics)
@@ -333,6 +424,98 @@ def _read_inputs(
     return f, m, fl, ml
 
 
+def _grid_shape(info: CheckpointInfo | None, fixed_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = Preprocessing.of(info).shape
+    if shape is None:
+        return tuple(fixed_shape)
+    shape = tuple(int(s) for s in shape)
+    return shape if len(shape) == len(fixed_shape) else tuple(fixed_shape)
+
+
+def check_pair_memory(
+    model: nn.Module,
+    info: CheckpointInfo | None,
+    fixed: str | os.PathLike[str],
+    moving: str | os.PathLike[str],
+    labels: bool,
+    refine_steps: int,
+    max_memory_gb: float | None,
+) -> int | None:
+    """Estimate the peak memory of registering ``moving`` to ``fixed`` from the file headers
+    (no image data is read) and refuse when it does not fit (:mod:`maxca.app.memory`).
+
+    Returns:
+        the estimate in bytes, or ``None`` when a header could not be read (the full read then
+        reports the problem).
+
+    Raises:
+        MaxcaInputError: the estimate exceeds ``max_memory_gb`` or, without it, the memory
+            available now.
+    """
+    f_shape, m_shape = _memory.header_shape(fixed), _memory.header_shape(moving)
+    if f_shape is None or m_shape is None:
+        return None
+    grid = _grid_shape(info, f_shape)
+    estimate = _memory.estimate_memory(model, f_shape, m_shape, grid, labels, refine_steps > 0)
+    what = (
+        f"fixed {'x'.join(map(str, f_shape))}, moving {'x'.join(map(str, m_shape))}, "
+        f"model grid {'x'.join(map(str, grid))}"
+    )
+    _memory.check_memory(estimate, max_memory_gb, what)
+    return estimate
+
+
+def _check_geometry(volume: Volume, what: str, path: str | os.PathLike[str]) -> None:
+    """Refuse an image whose affine is singular (a zero-length axis, collinear axes)."""
+    d = volume.ndim
+    matrix = np.asarray(volume.affine, np.float64)[:d, :d]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if (
+        not np.all(np.isfinite(matrix))
+        or np.any(spacing <= 1e-9)
+        or (abs(np.linalg.det(matrix)) <= 1e-9 * float(np.prod(spacing)))
+    ):
+        raise MaxcaInputError(
+            f"the {what} image {path} has a degenerate affine (zero spacing or collinear "
+            f"axes): {np.round(matrix, 6).tolist()}"
+        )
+
+
+def _warn_if_constant(volume: Volume, what: str, path: str | os.PathLike[str]) -> None:
+    array = volume.array
+    if array.size and float(array.min()) == float(array.max()):
+        warnings.warn(
+            f"the {what} image {path} is constant (every voxel {float(array.min()):g}): "
+            "there is nothing to register, the result will be meaningless",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _register_checked(
+    model: nn.Module,
+    info: CheckpointInfo | None,
+    inputs: tuple[Volume, Volume, Volume | None, Volume | None],
+    device: str | torch.device,
+    diffeomorphic: bool | None,
+    refine_steps: int,
+    progress: bool,
+    affine: bool = False,
+) -> RegistrationResult:
+    """:func:`_register` with a bad geometry reported as bad input, not a crash, and the
+    ``--refine`` progress bar."""
+    f, m, fl, ml = inputs
+    options = {"progress": True} if progress and refine_steps else None
+    try:
+        return _register(
+            model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine, options
+        )
+    except np.linalg.LinAlgError as exc:
+        raise MaxcaInputError(
+            f"the image geometry is degenerate (singular or zero-spacing affine): {exc}"
+        ) from None
+
+
 def _model_ndim(model: nn.Module, info: CheckpointInfo | None) -> int | None:
     dims = getattr(model, "spatial_dims", None)
     if dims is None:
@@ -351,17 +534,21 @@ def _register(
     diffeomorphic: bool | None,
     refine_steps: int,
     affine: bool,
+    refine_options: dict[str, Any] | None = None,
 ) -> RegistrationResult:
     """:func:`register_pair`, after an affine pre-alignment of ``m`` (and ``ml``) to ``f``
     when ``affine`` (:mod:`maxca.inference.affine`); the result then holds the total flow."""
+    opts = {"refine_options": refine_options} if refine_options else {}
     if not affine:
-        return register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps)
+        return register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, **opts)
     t0 = time.perf_counter()
     T = affine_register(f, m).matrix
     seconds = time.perf_counter() - t0
     m_pre = prealign(m, T)
     ml_pre = None if ml is None else prealign(ml, T)
-    result = register_pair(model, info, f, m_pre, ml_pre, fl, device, diffeomorphic, refine_steps)
+    result = register_pair(
+        model, info, f, m_pre, ml_pre, fl, device, diffeomorphic, refine_steps, **opts
+    )
     result = with_affine(result, T, m, ml)
     result.timings["affine"] = seconds
     result.timings["total"] = result.timings.get("total", 0.0) + seconds
@@ -383,6 +570,11 @@ def register_files(
     overwrite: bool = False,
     labels: Sequence[int] | None = None,
     affine: bool = False,
+    *,
+    outputs: Sequence[str] | None = None,
+    compress: bool = False,
+    max_memory_gb: float | None = None,
+    progress: bool = False,
 ) -> PairReport:
     """Register one pair of image files and write the results folder ``out``.
 
@@ -400,6 +592,10 @@ def register_files(
         png: draw ``figure.png``.
         overwrite: replace the results in an existing folder.
         labels: label ids for the metrics (default all non-zero).
+        outputs, compress: see :func:`write_result`.
+        max_memory_gb: memory budget in GB (default: the memory available now); the estimate
+            is checked from the file headers before any data is read.
+        progress: show a progress bar for ``refine_steps`` (stderr, only on a terminal).
         affine: align the moving image affinely first (SimpleITK, any contrast; for inputs
             that are not roughly aligned); writes ``affine.mat`` and the deformable field too.
 
@@ -410,10 +606,18 @@ def register_files(
     out_path = check_output_dir(out, overwrite)
     if fixed_labels is not None and moving_labels is None:
         raise MaxcaInputError("--fixed-labels needs --moving-labels to compute Dice")
-    f, m, fl, ml = _read_inputs(
-        fixed, moving, fixed_labels, moving_labels, _model_ndim(model, info)
+    outputs = parse_outputs(outputs)
+    check_pair_memory(
+        model, info, fixed, moving, moving_labels is not None, refine_steps, max_memory_gb
     )
-    result = _register(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine)
+    inputs = _read_inputs(fixed, moving, fixed_labels, moving_labels, _model_ndim(model, info))
+    _check_geometry(inputs[0], "fixed", fixed)
+    _warn_if_constant(inputs[0], "fixed", fixed)
+    _check_geometry(inputs[1], "moving", moving)
+    _warn_if_constant(inputs[1], "moving", moving)
+    result = _register_checked(
+        model, info, inputs, device, diffeomorphic, refine_steps, progress, affine
+    )
     metrics = pair_metrics(result, labels)
     record = {
         "inputs": _inputs_record(
@@ -430,7 +634,7 @@ def register_files(
         "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
     }
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
-        files = write_result(result, tmp, metrics, png, record)
+        files = write_result(result, tmp, metrics, png, record, outputs, compress)
     return PairReport.of(result, out_path.name, out_path, files, metrics, time.perf_counter() - t0)
 
 
@@ -447,6 +651,11 @@ def register_dataset(
     overwrite: bool = False,
     on_pair: Callable[[int, int, PairReport], None] | None = None,
     affine: bool = False,
+    *,
+    outputs: Sequence[str] | None = None,
+    compress: bool = False,
+    max_memory_gb: float | None = None,
+    progress: bool = False,
 ) -> list[PairReport]:
     """Register every pair of a Learn2Reg pair list into ``out`` (Learn2Reg submission layout).
 
@@ -458,11 +667,18 @@ def register_dataset(
 
     Args:
         on_pair: called as ``on_pair(index, total, report)`` after each pair (for progress).
+        outputs: as :func:`register_files`, plus ``l2r`` (default: all five).
+        compress, max_memory_gb, progress: as :func:`register_files` (the memory of every pair
+            is checked before the first one is registered).
         affine: affine pre-alignment of every pair (see :func:`register_files`).
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else load_learn2reg(dataset)
     out_path = check_output_dir(out, overwrite)
+    outputs = parse_outputs(outputs, dataset=True)
     items = dataset_pairs(ds, pairs)
+    for fixed, moving in items:
+        has_labels = ds.label_for(fixed) is not None and ds.label_for(moving) is not None
+        check_pair_memory(model, info, fixed, moving, has_labels, refine_steps, max_memory_gb)
     labels = ds.evaluation_labels or None
     ndim = _model_ndim(model, info)
     reports: list[PairReport] = []
@@ -475,9 +691,14 @@ def register_dataset(
             f_lab, m_lab = ds.label_for(fixed), ds.label_for(moving)
             if f_lab is None or m_lab is None:
                 f_lab = m_lab = None
-            f, m, fl, ml = _read_inputs(fixed, moving, f_lab, m_lab, ndim)
-            result = _register(
-                model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine
+            inputs = _read_inputs(fixed, moving, f_lab, m_lab, ndim)
+            _check_geometry(inputs[0], "fixed", fixed)
+            _warn_if_constant(inputs[0], "fixed", fixed)
+            _check_geometry(inputs[1], "moving", moving)
+            _warn_if_constant(inputs[1], "moving", moving)
+            f = inputs[0]
+            result = _register_checked(
+                model, info, inputs, device, diffeomorphic, refine_steps, progress, affine
             )
             metrics, scores = _score(result, labels, name)
             record = {
@@ -494,8 +715,9 @@ def register_dataset(
                 "refine_steps": int(refine_steps),
                 "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
             }
-            files = write_result(result, tmp / name, metrics, png, record)
-            write_l2r_displacement(tmp / l2r_disp_name(fixed, moving), result.flow, f.affine)
+            files = write_result(result, tmp / name, metrics, png, record, outputs, compress)
+            if "l2r" in outputs:
+                write_l2r_displacement(tmp / l2r_disp_name(fixed, moving), result.flow, f.affine)
             if scores is not None:
                 scored.append(scores)
             report = PairReport.of(

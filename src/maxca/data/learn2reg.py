@@ -265,6 +265,14 @@ def load_folder(
     """
     folder = Path(os.path.abspath(folder))
     if not folder.is_dir():
+        if folder.suffix.lower() == ".json":
+            raise MaxcaInputError(
+                f"dataset file not found: {folder} (expected a Learn2Reg dataset.json, a folder "
+                "holding one, or a folder of NIfTI images; `maxca example-data example-data` "
+                "writes an example dataset)"
+            )
+        if folder.exists():
+            raise MaxcaInputError(f"not a dataset.json or a folder of NIfTI images: {folder}")
         raise MaxcaInputError(f"image folder not found: {folder}")
     images = sorted(
         p for p in folder.iterdir() if p.is_file() and split_extension(p)[1] in NIFTI_EXTENSIONS

@@ -8,9 +8,11 @@ size is in voxels: with Adam each displacement moves by about ``lr`` voxel per s
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from maxca.errors import MaxcaInputError
 from maxca.losses import RegistrationLoss
@@ -32,6 +34,7 @@ def refine_flow(
     similarity: str = "ncc",
     window: int | Sequence[int] = 9,
     int_steps: int = 7,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Optimise a flow on one image pair, starting from the network's prediction.
 
@@ -50,6 +53,7 @@ def refine_flow(
         similarity: ``"ncc"`` or ``"mse"``.
         window: NCC window.
         int_steps: integration steps for ``velocity``.
+        progress: show a progress bar on stderr (only when stderr is a terminal).
 
     Returns:
         ``(1, d, *S)`` refined voxel displacement (detached, same device and dtype as ``flow``).
@@ -73,13 +77,22 @@ def refine_flow(
     param = torch.nn.Parameter(init.detach().clone().float())
     optimiser = torch.optim.Adam([param], lr=lr)
     fixed, moving = fixed.detach().float(), moving.detach().float()
-    with torch.enable_grad():
+    bar = tqdm(
+        total=int(steps),
+        desc="refine",
+        unit="step",
+        file=sys.stderr,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+    with torch.enable_grad(), bar:
         for _ in range(int(steps)):
             optimiser.zero_grad(set_to_none=True)
             current = integrate_velocity(param, int_steps) if velocity is not None else param
             loss, _ = loss_fn(fixed, warp(moving, current), param)
             loss.backward()
             optimiser.step()
+            bar.update(1)
     with torch.no_grad():
         out = integrate_velocity(param, int_steps) if velocity is not None else param
     return out.detach().to(flow.dtype)

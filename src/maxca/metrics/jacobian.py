@@ -16,7 +16,14 @@ import numpy as np
 from maxca.errors import MaxcaInputError
 from maxca.metrics._common import ArrayLike, as_flow, as_mask, shape_str
 
-__all__ = ["jacobian_determinant_array", "njd_percent", "sdlogj", "LOG_CLIP"]
+__all__ = [
+    "jacobian_determinant_array",
+    "njd_percent",
+    "njd_percent_of",
+    "sdlogj",
+    "sdlogj_of",
+    "LOG_CLIP",
+]
 
 #: Positive determinants are clipped to at least this value before the logarithm in
 #: :func:`sdlogj`, so one nearly singular voxel cannot dominate the standard deviation.
@@ -71,7 +78,12 @@ def njd_percent(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
     Returns:
         ``100 * #{det <= 0} / #voxels`` in ``[0, 100]``.
     """
-    det = jacobian_determinant_array(flow)
+    return njd_percent_of(jacobian_determinant_array(flow), mask)
+
+
+def njd_percent_of(det: np.ndarray, mask: ArrayLike | None = None) -> float:
+    """:func:`njd_percent` from a determinant computed once
+    (:func:`jacobian_determinant_array`)."""
     m = as_mask(mask, det.shape)
     values = det if m is None else det[m]
     return 100.0 * float(np.count_nonzero(values <= 0)) / values.size
@@ -91,7 +103,11 @@ def sdlogj(flow: ArrayLike, mask: ArrayLike | None = None) -> float:
     Returns:
         The standard deviation (0 for any affine flow); ``NaN`` when no voxel has ``det > 0``.
     """
-    det = jacobian_determinant_array(flow)
+    return sdlogj_of(jacobian_determinant_array(flow), mask)
+
+
+def sdlogj_of(det: np.ndarray, mask: ArrayLike | None = None) -> float:
+    """:func:`sdlogj` from a determinant computed once (:func:`jacobian_determinant_array`)."""
     m = as_mask(mask, det.shape)
     values = det if m is None else det[m]
     values = values[values > 0]

@@ -35,11 +35,40 @@ def dice(a: ArrayLike, b: ArrayLike, labels: Sequence[int] | None = None) -> dic
     a = as_label_map(a, "a")
     b = as_label_map(b, "b", shape=a.shape)
     out: dict[int, float] = {}
-    for lab in as_labels(labels, a, b):
-        ma, mb = a == lab, b == lab
-        total = int(ma.sum()) + int(mb.sum())
-        out[lab] = 2.0 * int(np.logical_and(ma, mb).sum()) / total if total else math.nan
+    labs = as_labels(labels, a, b)
+    counts = _label_counts(a, b)
+    for lab in labs:
+        if counts is not None:
+            size_a, size_b, both = counts
+            inside = 0 <= lab < size_a.size
+            n_a = int(size_a[lab]) if inside else 0
+            n_b = int(size_b[lab]) if inside else 0
+            n_ab = int(both[lab]) if inside else 0
+        else:
+            ma, mb = a == lab, b == lab
+            n_a, n_b, n_ab = int(ma.sum()), int(mb.sum()), int(np.logical_and(ma, mb).sum())
+        total = n_a + n_b
+        out[lab] = 2.0 * n_ab / total if total else math.nan
     return out
+
+
+def _label_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Voxel counts per label id of ``a``, of ``b`` and of ``a == b`` (three passes over the
+    maps instead of three per label); ``None`` for negative or very large ids."""
+    if a.size == 0:
+        return None
+    lo = min(int(a.min()), int(b.min()))
+    hi = max(int(a.max()), int(b.max()))
+    if lo < 0 or hi > 1_000_000:
+        return None
+    fa, fb = a.ravel().astype(np.intp, copy=False), b.ravel().astype(np.intp, copy=False)
+    n = hi + 1
+    same = fa[fa == fb]
+    return (
+        np.bincount(fa, minlength=n),
+        np.bincount(fb, minlength=n),
+        np.bincount(same, minlength=n),
+    )
 
 
 def hd95(

@@ -33,7 +33,7 @@ from maxca.metrics._common import (
     finite_or_none,
     shape_str,
 )
-from maxca.metrics.jacobian import njd_percent, sdlogj
+from maxca.metrics.jacobian import jacobian_determinant, njd_percent_of, sdlogj_of
 from maxca.metrics.landmarks import read_landmarks_csv, tre
 from maxca.metrics.overlap import dice, hd95
 
@@ -208,11 +208,12 @@ def evaluate_pair(
             labels=labs,
         )
     else:
+        det = jacobian_determinant(u)  # once for both folding and SDlogJ
         result = PairResult(
             dice=dice(fixed, warped, labs),
             hd95=hd95(fixed, warped, labs, sp) if with_hd95 else {lab: math.nan for lab in labs},
-            njd_percent=njd_percent(u, mask),
-            sdlogj=sdlogj(u, mask),
+            njd_percent=njd_percent_of(det, mask),
+            sdlogj=sdlogj_of(det, mask),
             tre=None if pts is None else tre(pts[0], pts[1], u, sp),
             l2r_compat=False,
             name=name,
