@@ -18,6 +18,7 @@ permute and oneDNN convolutions run fastest on CPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,11 @@ from maxca.errors import MaxcaInputError
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
 from maxca.layers.xca import XCALayer
+
+
+def global_sa_memory_bytes(tokens: int, heads: int, batch: int = 1, itemsize: int = 4) -> int:
+    """Memory of the ``batch x heads x tokens x tokens`` attention matrix of global SA."""
+    return int(batch) * int(heads) * int(tokens) ** 2 * int(itemsize)
 
 
 class MultiAxisMixer(nn.Module):
@@ -112,6 +118,10 @@ class AttentionBlock(nn.Module):
         branch_u, branch_v: the two token mixers (channels-last in and out).
         drop: dropout rate.
         checkpoint: recompute the mixer and RCAB activations in backward (saves memory).
+        max_tokens: the block's token limit: an input of more than ``max_tokens`` voxels is
+            refused with a clear error naming the memory global self-attention would need
+            (``None``: no limit; only the quadratic kind ``global_sa`` sets one).
+        kind: the name of the kind in :data:`maxca.layers.attention.KINDS` (for ``repr``).
 
     Input: ``(B, C, *S)``, any spatial size. Output: same shape (channels-last memory format).
     """
@@ -124,11 +134,15 @@ class AttentionBlock(nn.Module):
         branch_v: nn.Module,
         drop: float = 0.0,
         checkpoint: bool = False,
+        max_tokens: int | None = None,
+        kind: str = "custom",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.channels = channels
         self.checkpoint = checkpoint
+        self.max_tokens = max_tokens
+        self.kind = kind
         self.mixer = MultiAxisMixer(channels, branch_u, branch_v, drop)
         self.rcab = RCAB(spatial_dims, channels)
 
@@ -144,12 +158,26 @@ class AttentionBlock(nn.Module):
                 f"expected {self.channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
             )
 
+    def check_tokens(self, spatial: Sequence[int], batch: int = 1) -> None:
+        """Raise :class:`MaxcaInputError` if ``prod(spatial)`` exceeds ``max_tokens``."""
+        n = math.prod(int(s) for s in spatial)
+        if self.max_tokens is None or n <= self.max_tokens:
+            return
+        heads = int(getattr(self.mixer.branch_u, "heads", 1))
+        gb = global_sa_memory_bytes(n, heads, batch) / 1e9
+        raise MaxcaInputError(
+            f"global self-attention over {'x'.join(map(str, spatial))} = {n} tokens would need "
+            f"{gb:,.1f} GB for its {heads}-head {n}x{n} attention matrices (limit "
+            f"max_tokens={self.max_tokens}); use it at coarser levels only, or attention='maxca'"
+        )
+
     def _body(self, x: Tensor) -> Tensor:
         return self.rcab(self.mixer(x), skip=x)  # x + RCAB(mixer(x)), residual fused
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(B, C, *S)`` -> ``(B, C, *S)``."""
+        """``x``: ``(B, C, *S)`` -> ``(B, C, *S)``; refused up front beyond ``max_tokens``."""
         self.check_input(x)
+        self.check_tokens(tuple(x.shape[2:]), x.shape[0])
         xl = x.movedim(1, -1).contiguous()  # (B, *S, C); free if x is channels-last already
         return maybe_checkpoint(self._body, xl, enabled=self.checkpoint).movedim(-1, 1)
 
@@ -186,4 +214,5 @@ class MAXCA(AttentionBlock):
             XCALayer(spatial_dims, channels, heads, region, "regional", drop=drop),
             drop=drop,
             checkpoint=checkpoint,
+            kind="maxca",
         )
