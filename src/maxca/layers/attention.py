@@ -136,7 +136,7 @@ def make_attention(
     channels: int | None = None,
     heads: int = 4,
     region: int | Sequence[int] = 8,
-    checkpoint: bool = False,
+    checkpoint: bool | str = False,
     drop: float = 0.0,
     max_tokens: int | None = GLOBAL_SA_MAX_TOKENS,
     *,
@@ -150,7 +150,8 @@ def make_attention(
         channels: ``C``.
         heads: attention heads per branch (must divide ``channels``).
         region: region (window) size per axis, for the regional and dilated groupings.
-        checkpoint: gradient checkpointing inside the block.
+        checkpoint: gradient checkpointing inside the block: ``False``, ``True``/``"block"``
+            or ``"segments"`` (see :class:`~maxca.layers.maxca.AttentionBlock`).
         drop: dropout rate.
         max_tokens: token limit of the quadratic kind ``global_sa`` (its block refuses larger
             inputs with a clear error; ``None`` = no limit). Ignored by the other kinds.

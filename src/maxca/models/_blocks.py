@@ -71,7 +71,13 @@ class AttentionSlot(nn.Module):
     ``config.checkpoint`` recomputes the block in backward.
     """
 
-    def __init__(self, config: ModelConfig, level: int, channels: int) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        level: int,
+        channels: int,
+        block_checkpoint: bool | str | None = None,
+    ) -> None:
         super().__init__()
         kwargs = {}
         if config.global_sa_max_tokens is not None:
@@ -83,11 +89,13 @@ class AttentionSlot(nn.Module):
             heads=config.heads,
             region=config.region,
             drop=config.drop,
+            checkpoint=False if block_checkpoint is None else block_checkpoint,
             **kwargs,
         )
         self.level = level
         self.strict = config.attention_levels is not None
-        self.use_checkpoint = config.checkpoint
+        # the slot recomputes the whole block, unless the host chose the block's own mode
+        self.use_checkpoint = config.checkpoint and block_checkpoint is None
 
     @property
     def max_tokens(self) -> int | None:
@@ -110,8 +118,14 @@ class AttentionSlot(nn.Module):
         return f"level={self.level}, strict={self.strict}"
 
 
-def attention_or_identity(config: ModelConfig, level: int, channels: int) -> nn.Module:
-    """An :class:`AttentionSlot` when ``level`` holds attention in ``config``, else identity."""
+def attention_or_identity(
+    config: ModelConfig, level: int, channels: int, block_checkpoint: bool | str | None = None
+) -> nn.Module:
+    """An :class:`AttentionSlot` when ``level`` holds attention in ``config``, else identity.
+
+    ``block_checkpoint`` (``None``: the slot checkpoints the whole block when
+    ``config.checkpoint``) sets the block's own checkpointing mode instead (see
+    :class:`~maxca.layers.maxca.AttentionBlock`)."""
     if level in config.levels_with_attention:
-        return AttentionSlot(config, level, channels)
+        return AttentionSlot(config, level, channels, block_checkpoint)
     return nn.Identity()

@@ -110,13 +110,17 @@ class CorrelationAwareBlock(nn.Module):
 
     The conv is a plain ``3^d`` conv (no activation); the attention block (any kind, or the
     identity where the level holds none) adds its own outer residual to the conv output.
+    With ``config.checkpoint`` the correlation + conv is recomputed in backward and the block
+    checkpoints itself segment by segment (``checkpoint="segments"``); the decoder level
+    wraps the whole correlation-aware block in one more checkpoint (see ``_DecoderLevel``).
     """
 
     def __init__(self, config: ModelConfig, level: int, in_channels: int, width: int) -> None:
         super().__init__()
         d = config.spatial_dims
         self.conv = conv(d, 2 * in_channels + 3**d, width, kernel_size=3)
-        self.attn = attention_or_identity(config, level, width)
+        mode = "segments" if config.checkpoint else None
+        self.attn = attention_or_identity(config, level, width, block_checkpoint=mode)
         self.use_checkpoint = config.checkpoint
 
     def _fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -124,19 +128,26 @@ class CorrelationAwareBlock(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         x = maybe_checkpoint(self._fuse, a, b, enabled=self.use_checkpoint)
-        return self.attn(x)  # checkpointed by its slot
+        return self.attn(x)
 
 
 class _DecoderLevel(nn.Module):
     """One decoder level ``l``: ``forward(f (B, e_l, *S), m (B, e_l, *S), coarser)`` with
     ``coarser`` None at the coarsest level, else ``(x_{l+1} (B, w_{l+1}, *S/2), field_{l+1}
-    (B, d, *S/2))``; returns ``(x_l (B, w_l, *S), field_l (B, d, *S))``."""
+    (B, d, *S/2))``; returns ``(x_l (B, w_l, *S), field_l (B, d, *S))``.
+
+    With ``config.checkpoint`` each stage (warp + first block; up-sampling + second block) is
+    one checkpoint that stores only its inputs, so between forward and backward a level keeps
+    its inputs and the two block outputs, and the backward of a stage holds one block's
+    segment boundaries plus one segment (a few full-size tensors) at a time.
+    """
 
     def __init__(self, config: CorrMAXCAConfig, level: int, coarsest: bool) -> None:
         super().__init__()
         d = config.spatial_dims
         enc, dec = config.enc_widths()[level], config.dec_widths()[level]
         self.diffeomorphic, self.int_steps = config.diffeomorphic, config.int_steps
+        self.use_checkpoint = config.checkpoint
         self.block1 = CorrelationAwareBlock(config, level, enc, dec)
         if not coarsest:
             coarse = config.dec_widths()[level + 1]
@@ -147,19 +158,28 @@ class _DecoderLevel(nn.Module):
             self.block2 = CorrelationAwareBlock(config, level, dec, dec)
         self.head = RegistrationHead(d, dec)
 
+    def _stage1(
+        self, fixed: torch.Tensor, moving: torch.Tensor, field_up: torch.Tensor
+    ) -> torch.Tensor:
+        flow_up = integrate_velocity(field_up, self.int_steps) if self.diffeomorphic else field_up
+        return self.block1(fixed, warp(moving, flow_up))
+
+    def _stage2(self, x: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
+        return self.block2(x, self.up(coarser))
+
     def forward(
         self,
         fixed: torch.Tensor,
         moving: torch.Tensor,
         coarser: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        ckpt = self.use_checkpoint
         if coarser is None:
-            x = self.block1(fixed, moving)
+            x = maybe_checkpoint(self.block1, fixed, moving, enabled=ckpt)
             return x, self.head(x)
         field_up = upsample_flow_corners(coarser[1])  # (B, d, *S)
-        flow_up = integrate_velocity(field_up, self.int_steps) if self.diffeomorphic else field_up
-        x = self.block1(fixed, warp(moving, flow_up))
-        x = self.block2(x, self.up(coarser[0]))
+        x = maybe_checkpoint(self._stage1, fixed, moving, field_up, enabled=ckpt)
+        x = maybe_checkpoint(self._stage2, x, coarser[0], enabled=ckpt)
         return x, self.head(x) + field_up
 
 
