@@ -13,7 +13,11 @@ Usage::
     python benchmarks/speed_options.py --target corrmaxca --variants eager-fp32,eager-bf16
     python benchmarks/speed_options.py --target pyramid_small --size 80x96x112
 
-Prints a table and appends to ``benchmarks/results/speed_options/speed_options.csv``.
+Prints a table and appends to ``benchmarks/results/speed_options/speed_options.csv``. On a GPU
+(the prepared check of issue #12, <= 8 minutes)::
+
+    for t in corrmaxca pyramid_small; do python benchmarks/speed_options.py --device cuda \
+        --target $t --size 160x192x224 --variants eager-fp32,eager-bf16; done
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ COLUMNS = [
 ]
 
 
-def _build(target: str, size: tuple[int, ...]) -> tuple[Any, Any, Any]:
-    """``(model, run(model) -> output tensor, inputs)`` for ``target``."""
+def _build(target: str, size: tuple[int, ...], device: str = "cpu") -> tuple[Any, Any, Any]:
+    """``(model, run(model) -> output tensor, inputs)`` for ``target`` on ``device``."""
     import torch
 
     torch.manual_seed(0)
@@ -55,17 +59,17 @@ def _build(target: str, size: tuple[int, ...]) -> tuple[Any, Any, Any]:
     if target == "block":
         from maxca.layers import MAXCA
 
-        block = MAXCA(d, 32, heads=4, region=8)
-        x = torch.randn(1, 32, *size)
+        block = MAXCA(d, 32, heads=4, region=8).to(device)
+        x = torch.randn(1, 32, *size, device=device)
         return block, lambda m: m(x), x
     from maxca.models import create_model
 
-    model = create_model(target, spatial_dims=d, checkpoint=False)
+    model = create_model(target, spatial_dims=d, checkpoint=False).to(device)
     with torch.no_grad():  # visible flows (a fresh head predicts ~0): heads at std 1e-2
         for name, p in model.named_parameters():
             if ".head." in name and name.endswith("weight"):
                 p.normal_(0.0, 1e-2)
-    fixed, moving = torch.rand(2, 1, 1, *size)
+    fixed, moving = torch.rand(2, 1, 1, *size, device=device)
     return model, lambda m: m(fixed, moving).flow, fixed
 
 
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", default="inference,train")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--out", type=Path, default=OUT / "speed_options.csv")
     args = p.parse_args(argv)
 
@@ -95,22 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         f"avx512_bf16/amx: {cpu_has_bf16()}, threads {args.threads}",
         flush=True,
     )
-    model, run, _ = _build(args.target, size)
+    model, run, _ = _build(args.target, size, args.device)
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     compiled = compile_model(model) if any(v.startswith("compiled") for v in variants) else None
 
     def step(variant: str, train: bool) -> tuple[float, Any]:
         m = compiled if variant.startswith("compiled") else model
         precision = variant.split("-")[1]
         model.train(train)
+        sync()
         t0 = time.perf_counter()
         if train:
             model.zero_grad(set_to_none=True)
-            with precision_context(precision):
+            with precision_context(precision, args.device):
                 out = run(m)
             out.float().square().mean().backward()
         else:
-            with torch.no_grad(), precision_context(precision):
+            with torch.no_grad(), precision_context(precision, args.device):
                 out = run(m)
+        sync()
         return time.perf_counter() - t0, out.detach().float()
 
     rows = []
