@@ -168,16 +168,22 @@ def test_checkpointing_gives_the_same_output_and_gradients(
     _scale_heads(plain)
     _scale_heads(ckpt)
     fixed, moving = pair(spatial_dims)
+    tol: dict = {}
+    if name == "corrmaxca":
+        # it checkpoints its blocks segment by segment and XCA head by head: the same terms
+        # summed in another order, so compare in float64, where that order does not show
+        plain, ckpt, fixed, moving = plain.double(), ckpt.double(), fixed.double(), moving.double()
+        tol = {"rtol": 1e-9, "atol": 1e-9}
     outs = []
     for model in (plain, ckpt):
         out = model(fixed, moving)
         _loss(out, fixed).backward()
         outs.append(out)
-    torch.testing.assert_close(outs[1].flow, outs[0].flow)
-    torch.testing.assert_close(outs[1].warped, outs[0].warped)
+    torch.testing.assert_close(outs[1].flow, outs[0].flow, **tol)
+    torch.testing.assert_close(outs[1].warped, outs[0].warped, **tol)
     for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         assert p.grad is not None and q.grad is not None, n
-        torch.testing.assert_close(q.grad, p.grad, msg=n)
+        torch.testing.assert_close(q.grad.to(p.grad.dtype), p.grad, msg=n, **tol)
 
 
 @pytest.mark.parametrize(
