@@ -43,3 +43,15 @@ def test_train_memory_reports_a_peak_above_the_baseline(tmp_path: Path) -> None:
     assert row["model"] == "corrmaxca" and row["checkpoint"] == "True"
     assert int(row["params"]) == 29_454_340
     assert float(row["peak_gb"]) >= float(row["baseline_gb"]) > 0
+
+
+def test_checkpoint_cost_times_both_variants(tmp_path: Path) -> None:
+    import checkpoint_cost
+
+    out = tmp_path / "ck.csv"
+    argv = ["--model", "pyramid_small", "--size", "8x8x16", "--repeats", "1", "--out", str(out)]
+    assert checkpoint_cost.main(argv) == 0
+    (row,) = _rows(out)
+    assert float(row["plain_s"]) > 0 and float(row["checkpoint_s"]) > 0
+    ratio = float(row["checkpoint_s"]) / float(row["plain_s"])
+    assert abs(float(row["ratio"]) - ratio) <= 0.05 * ratio
