@@ -123,11 +123,15 @@ def test_head_init_and_near_identity_at_full_widths_on_a_small_input() -> None:
 
 def test_checkpointing_saves_memory_in_backward_without_changing_results() -> None:
     plain = tiny_model("corrmaxca", 3).double()
-    ckpt = tiny_model("corrmaxca", 3, checkpoint=True).double()
-    ckpt.load_state_dict(plain.state_dict())
     fixed, moving = (t.double() for t in pair(3))
-    saved = []
-    for model in (plain, ckpt):
+    models = {"plain": plain}
+    for granularity in ("block", "stage"):
+        m = tiny_model("corrmaxca", 3, checkpoint=True, checkpoint_granularity=granularity)
+        m = m.double()
+        m.load_state_dict(plain.state_dict())
+        models[granularity] = m
+    saved = {}
+    for key, model in models.items():
         count = [0]
 
         def pack(t: torch.Tensor, count: list[int] = count) -> torch.Tensor:
@@ -136,8 +140,17 @@ def test_checkpointing_saves_memory_in_backward_without_changing_results() -> No
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = F.mse_loss(model(fixed, moving).warped, fixed)
-        saved.append(count[0])
+        saved[key] = count[0]
         loss.backward()
-    assert saved[1] < 0.5 * saved[0], saved
-    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):  # float64: exact
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=n)
+    # stored between forward and backward: stage < block < half of plain
+    assert saved["stage"] < saved["block"] < 0.5 * saved["plain"], saved
+    for key in ("block", "stage"):  # float64: the same numbers
+        for (n, p), q in zip(plain.named_parameters(), models[key].parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=f"{key} {n}")
+
+
+def test_bad_checkpoint_granularity_is_refused() -> None:
+    from maxca.errors import MaxcaInputError
+
+    with pytest.raises(MaxcaInputError, match="checkpoint_granularity must be one of"):
+        create_model("corrmaxca", checkpoint_granularity="level")

@@ -51,7 +51,7 @@ from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import conv, conv_transpose_cls
 from maxca.models._blocks import ChannelLayerNorm, attention_or_identity
 from maxca.models._registry import register_model
-from maxca.models.base import ModelConfig, RegistrationModel, as_int
+from maxca.models.base import ModelConfig, RegistrationModel, as_choice, as_int
 from maxca.models.heads import RegistrationHead
 from maxca.models.pyramid import _EncoderLevel
 from maxca.spatial import correlation, integrate_velocity, warp
@@ -59,6 +59,9 @@ from maxca.spatial import correlation, integrate_velocity, warp
 __all__ = ["CorrMAXCAConfig", "CorrMAXCANet", "upsample_flow_corners"]
 
 _LINEAR = {2: "bilinear", 3: "trilinear"}
+
+#: values of ``CorrMAXCAConfig.checkpoint_granularity``
+CHECKPOINT_GRANULARITIES = ("stage", "block")
 
 
 @dataclass(kw_only=True)
@@ -69,10 +72,16 @@ class CorrMAXCAConfig(ModelConfig):
         enc_channels: encoder width at level 0; level ``l`` has ``enc_channels * 2**l``.
         dec_channels: decoder width at level 0; level ``l`` has ``dec_channels * 2**l``
             (``heads`` must divide it).
+        checkpoint_granularity: with ``checkpoint=True``: ``"stage"`` (each decoder stage
+            is one checkpoint, the block inside is recomputed segment by segment and XCA head
+            by head: about 3x less stored between forward and backward, slower) or
+            ``"block"`` (the correlation + conv and the attention block are checkpointed
+            separately: faster, more memory). See docs/benchmarks.md, section 2b.
     """
 
     enc_channels: int = 16
     dec_channels: int = 32
+    checkpoint_granularity: str = "stage"
 
     #: number of resolution levels (level ``l`` has size ``1 / 2**l``)
     levels: ClassVar[int] = 4
@@ -80,7 +89,15 @@ class CorrMAXCAConfig(ModelConfig):
     def __post_init__(self) -> None:
         self.enc_channels = as_int(self.enc_channels, "enc_channels", 1)
         self.dec_channels = as_int(self.dec_channels, "dec_channels", 1)
+        self.checkpoint_granularity = as_choice(
+            self.checkpoint_granularity, "checkpoint_granularity", CHECKPOINT_GRANULARITIES
+        )
         super().__post_init__()
+
+    @property
+    def stage_checkpoint(self) -> bool:
+        """True when decoder stages are checkpointed as a whole (blocks by segments)."""
+        return self.checkpoint and self.checkpoint_granularity == "stage"
 
     def level_choices(self) -> tuple[int, ...]:
         return tuple(range(self.levels))
@@ -110,16 +127,19 @@ class CorrelationAwareBlock(nn.Module):
 
     The conv is a plain ``3^d`` conv (no activation); the attention block (any kind, or the
     identity where the level holds none) adds its own outer residual to the conv output.
-    With ``config.checkpoint`` the correlation + conv is recomputed in backward and the block
-    checkpoints itself segment by segment (``checkpoint="segments"``); the decoder level
-    wraps the whole correlation-aware block in one more checkpoint (see ``_DecoderLevel``).
+    With ``config.checkpoint`` the correlation + conv is recomputed in backward; with the
+    ``"stage"`` granularity the block checkpoints itself segment by segment
+    (``checkpoint="segments"``) and the decoder level wraps the whole correlation-aware block
+    in one more checkpoint (see ``_DecoderLevel``), with ``"block"`` the block is one
+    checkpoint.
     """
 
     def __init__(self, config: ModelConfig, level: int, in_channels: int, width: int) -> None:
         super().__init__()
         d = config.spatial_dims
         self.conv = conv(d, 2 * in_channels + 3**d, width, kernel_size=3)
-        mode = "segments" if config.checkpoint else None
+        stage = isinstance(config, CorrMAXCAConfig) and config.stage_checkpoint
+        mode = "segments" if stage else None  # None: the slot checkpoints the whole block
         self.attn = attention_or_identity(config, level, width, block_checkpoint=mode)
         self.use_checkpoint = config.checkpoint
 
@@ -136,7 +156,8 @@ class _DecoderLevel(nn.Module):
     ``coarser`` None at the coarsest level, else ``(x_{l+1} (B, w_{l+1}, *S/2), field_{l+1}
     (B, d, *S/2))``; returns ``(x_l (B, w_l, *S), field_l (B, d, *S))``.
 
-    With ``config.checkpoint`` each stage (warp + first block; up-sampling + second block) is
+    With ``config.checkpoint`` and the ``"stage"`` granularity each stage (warp + first block;
+    up-sampling + second block) is
     one checkpoint that stores only its inputs, so between forward and backward a level keeps
     its inputs and the two block outputs, and the backward of a stage holds one block's
     segment boundaries plus one segment (a few full-size tensors) at a time.
@@ -147,7 +168,7 @@ class _DecoderLevel(nn.Module):
         d = config.spatial_dims
         enc, dec = config.enc_widths()[level], config.dec_widths()[level]
         self.diffeomorphic, self.int_steps = config.diffeomorphic, config.int_steps
-        self.use_checkpoint = config.checkpoint
+        self.use_checkpoint = config.stage_checkpoint
         self.block1 = CorrelationAwareBlock(config, level, enc, dec)
         if not coarsest:
             coarse = config.dec_widths()[level + 1]
