@@ -8,6 +8,11 @@ building the model (the baseline). Run it once per configuration, each in its ow
     python benchmarks/train_memory.py --model corrmaxca --size 160x192x224 --checkpoint
 
 Prints one line and appends a row to ``benchmarks/results/corrmaxca/train_memory.csv``.
+
+``--saved-only`` runs the forward only and reports what autograd stores between forward and
+backward (every saved tensor's storage counted once, the parameters excluded), in float32
+values per voxel of the input ("channel-equivalents"): a quick way to compare checkpointing
+schemes at a small size.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="160x192x224")
     p.add_argument("--checkpoint", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--granularity", default=None, help="corrmaxca checkpoint_granularity (stage or block)"
+    )
+    p.add_argument("--saved-only", action="store_true", help="count the stored activations")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
 
@@ -47,10 +56,35 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     size = tuple(int(s) for s in args.size.split("x"))
     torch.manual_seed(0)
+    extra = {} if args.granularity is None else {"checkpoint_granularity": args.granularity}
     model = create_model(
-        args.model, spatial_dims=len(size), attention=args.attention, checkpoint=args.checkpoint
+        args.model,
+        spatial_dims=len(size),
+        attention=args.attention,
+        checkpoint=args.checkpoint,
+        **extra,
     )
     fixed, moving = torch.rand(2, 1, 1, *size)
+    if args.saved_only:
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            key = t.untyped_storage().data_ptr()
+            if key not in params:
+                seen[key] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(fixed, moving)
+        voxels = fixed.numel()
+        per_voxel = sum(seen.values()) / 4 / voxels
+        print(
+            f"model={args.model} size={args.size} checkpoint={args.checkpoint} "
+            f"granularity={args.granularity} saved_gb={sum(seen.values()) / 1e9:.3f} "
+            f"float32_values_per_voxel={per_voxel:.1f}"
+        )
+        return 0
     base = _status_gb("VmRSS")
     t0 = time.perf_counter()
     out = model(fixed, moving)
