@@ -61,7 +61,7 @@ __all__ = ["CorrMAXCAConfig", "CorrMAXCANet", "upsample_flow_corners"]
 _LINEAR = {2: "bilinear", 3: "trilinear"}
 
 #: values of ``CorrMAXCAConfig.checkpoint_granularity``
-CHECKPOINT_GRANULARITIES = ("stage", "block")
+CHECKPOINT_GRANULARITIES = ("block", "stage")
 
 
 @dataclass(kw_only=True)
@@ -72,16 +72,17 @@ class CorrMAXCAConfig(ModelConfig):
         enc_channels: encoder width at level 0; level ``l`` has ``enc_channels * 2**l``.
         dec_channels: decoder width at level 0; level ``l`` has ``dec_channels * 2**l``
             (``heads`` must divide it).
-        checkpoint_granularity: with ``checkpoint=True``: ``"stage"`` (each decoder stage
-            is one checkpoint, the block inside is recomputed segment by segment and XCA head
-            by head: about 3x less stored between forward and backward, slower) or
-            ``"block"`` (the correlation + conv and the attention block are checkpointed
-            separately: faster, more memory). See docs/benchmarks.md, section 2b.
+        checkpoint_granularity: with ``checkpoint=True``: ``"block"`` (default: the
+            correlation + conv and the attention block are checkpointed separately) or
+            ``"stage"`` (each decoder stage is one checkpoint and the block inside it is
+            recomputed segment by segment, XCA head by head: 3x less stored between forward
+            and backward, a 1.4x slower step, and no lower full-resolution peak shown yet).
+            See docs/benchmarks.md, section 2b.
     """
 
     enc_channels: int = 16
     dec_channels: int = 32
-    checkpoint_granularity: str = "stage"
+    checkpoint_granularity: str = "block"
 
     #: number of resolution levels (level ``l`` has size ``1 / 2**l``)
     levels: ClassVar[int] = 4
