@@ -137,7 +137,7 @@ def experiment_config(
 
     steps = args.steps
     warmup = 50 if steps is None else min(50, steps // 10)
-    options = {"attention": attention, **host_options(host, args.small)}
+    options = {"attention": attention, **ablation_host_options(host, args.small)}
     return config_from_dict(
         {
             "model": {"name": host, "config": options},
@@ -500,15 +500,36 @@ def plot(
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
+#: hosts and attention kinds of the ablation tables: the shared lists plus the paper's network
+#: (corrmaxca) and the kinds that isolate each half of MAXCA (regional, dilated)
+ABLATION_HOSTS = (*HOSTS, "corrmaxca")
+ABLATION_KINDS = (*ATTENTIONS, "regional", "dilated")
+#: corrmaxca's widths: "full" = the paper's (enc 16 / dec 32); "small" = enc 8 / dec 16
+CORRMAXCA_WIDTHS = {"full": {}, "small": {"enc_channels": 8, "dec_channels": 16}}
+
+
+def ablation_host_options(host: str, small: bool) -> dict[str, Any]:
+    """``host_options`` for every ablation host (corrmaxca's widths are defined above)."""
+    if host == "corrmaxca":
+        return dict(CORRMAXCA_WIDTHS["small" if small else "full"])
+    return host_options(host, small)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--setting", choices=("2d", "3d"), default="2d")
-    p.add_argument("--hosts", default=",".join(HOSTS), help="comma-separated: pyramid,unet,hybrid")
     p.add_argument(
-        "--attentions", default=",".join(ATTENTIONS), help="comma-separated: maxca,window,xca,none"
+        "--hosts",
+        default=",".join(ABLATION_HOSTS),
+        help=f"comma-separated of {','.join(ABLATION_HOSTS)}",
+    )
+    p.add_argument(
+        "--attentions",
+        default=",".join(ABLATION_KINDS),
+        help=f"comma-separated of {','.join(ABLATION_KINDS)},global_sa",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--steps", type=int, default=None, help="training steps per cell (default 1000)")
@@ -556,8 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        hosts = parse_names(args.hosts, HOSTS, "hosts")
-        kinds = parse_names(args.attentions, (*ATTENTIONS, "global_sa"), "attentions")
+        hosts = parse_names(args.hosts, ABLATION_HOSTS, "hosts")
+        kinds = parse_names(args.attentions, (*ABLATION_KINDS, "global_sa"), "attentions")
         seeds = parse_ints(args.seeds, "--seeds")
     except ValueError as exc:
         parser.error(str(exc))

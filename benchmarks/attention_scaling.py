@@ -127,8 +127,14 @@ def _prod(t: tuple[int, ...]) -> int:
     return n
 
 
-def ratio_and_profile(size: str, channels: int, threads: int, repeats: int) -> dict:
-    """MAXCA forward vs. its own convolutions + linear layers run alone, plus a profile."""
+def ratio_and_profile(
+    size: str, channels: int, threads: int, repeats: int, compiled: bool = False
+) -> dict:
+    """MAXCA forward vs. its own convolutions + linear layers run alone, plus a profile.
+
+    The block, its convolutions + linears and (``compiled``) the ``torch.compile``d block are
+    timed interleaved (round ``r`` runs each once) after one warm-up each; best of
+    ``repeats``."""
     import torch
     import torch.nn.functional as F
 
@@ -155,18 +161,22 @@ def ratio_and_profile(size: str, channels: int, threads: int, repeats: int) -> d
         mix.branch_u.proj(xl)
         mix.branch_v.proj(xl)
 
-    def best(fn):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
+    fns = {"block": lambda: m(xin), "base": convs_and_linears}
+    if compiled:
+        from maxca.accel import compile_model
 
+        mc = compile_model(m)
+        fns["compiled"] = lambda: mc(xin)
+    ts: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        t_block = best(lambda: m(xin))
-        t_base = best(convs_and_linears)
+        for fn in fns.values():  # warm-up (and compilation)
+            fn()
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                ts[k].append(time.perf_counter() - t0)
+        t_block, t_base = min(ts["block"]), min(ts["base"])
         with torch.profiler.profile() as prof:
             m(xin)
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
@@ -200,6 +210,14 @@ def ratio_and_profile(size: str, channels: int, threads: int, repeats: int) -> d
         "maxca_fwd_s": t_block,
         "convs_linears_fwd_s": t_base,
         "ratio": t_block / t_base,
+        **(
+            {
+                "maxca_compiled_fwd_s": min(ts["compiled"]),
+                "compiled_ratio": min(ts["compiled"]) / t_base,
+            }
+            if compiled
+            else {}
+        ),
         "profile": shares,
     }
 
@@ -247,7 +265,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
-    p.add_argument("--ratio-child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--ratio-child", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--kinds", default="maxca,window,xca,global_sa")
     p.add_argument("--channels", default="16,32")
     p.add_argument("--sizes", default=",".join(SIZES_3D))
@@ -265,7 +283,16 @@ def main() -> None:
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--quick", action="store_true", help="sizes up to 40x48x56, C=16 only")
     p.add_argument("--ratio-only", action="store_true")
+    p.add_argument(
+        "--ratio-sizes", default="40x48x56,80x96x112", help="sizes of the block-vs-convs ratio"
+    )
+    p.add_argument(
+        "--ratio-compile",
+        action="store_true",
+        help="also time the torch.compile'd block in the ratio (compiles: minutes)",
+    )
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--ratio-name", default="attention_ratio.json", help="file name under --out")
     p.add_argument("--plot-only", help="redraw the PNG from an existing CSV and exit")
     args = p.parse_args()
     if args.plot_only:
@@ -282,12 +309,12 @@ def main() -> None:
         plot(rows, Path(args.plot_only).with_suffix(".png"))
         return
     if args.ratio_child:
-        size, tuned, thr, rep = args.ratio_child
+        size, tuned, thr, rep, comp = args.ratio_child
         if int(tuned):
             from maxca.runtime import tune_cpu_allocator
 
             tune_cpu_allocator()
-        res = ratio_and_profile(size, 32, int(thr), int(rep))
+        res = ratio_and_profile(size, 32, int(thr), int(rep), bool(int(comp)))
         print(json.dumps({**res, "tuned_allocator": bool(int(tuned))}))
         return
     if args.child:
@@ -307,7 +334,7 @@ def main() -> None:
         args.global_sa_sizes = "8x8x8,12x12x12,16x16x16"
 
     ratios = []
-    for size in ["40x48x56"] if args.quick else ["40x48x56", "80x96x112"]:
+    for size in ["40x48x56"] if args.quick else args.ratio_sizes.split(","):
         for tuned in (False, True):  # each in a fresh process: the allocator is process-wide
             cmd = [
                 sys.executable,
@@ -317,6 +344,7 @@ def main() -> None:
                 str(int(tuned)),
                 str(args.threads),
                 str(max(3, args.repeats)),
+                str(int(args.ratio_compile)),
             ]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             ratios.append(json.loads(res.stdout.strip().splitlines()[-1]))
@@ -325,10 +353,16 @@ def main() -> None:
         print(
             f"MAXCA C=32 {r['size']} ({alloc}): block {r['maxca_fwd_s']:.3f}s, its "
             f"convs+linears alone {r['convs_linears_fwd_s']:.3f}s, ratio {r['ratio']:.2f}"
+            + (
+                f"; compiled block {r['maxca_compiled_fwd_s']:.3f}s, ratio "
+                f"{r['compiled_ratio']:.2f}"
+                if "compiled_ratio" in r
+                else ""
+            )
         )
         shares = ", ".join(f"{k} {v:.0%}" for k, v in r["profile"].items())
         print(f"  profile (self time): {shares}")
-    (out / "attention_ratio.json").write_text(json.dumps(ratios, indent=2))
+    (out / args.ratio_name).write_text(json.dumps(ratios, indent=2))
     if args.ratio_only:
         return
 

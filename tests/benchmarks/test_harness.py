@@ -56,6 +56,7 @@ def ablation_2d(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
     argv = [
         "--setting", "2d", "--data", str(tiny_dataset), "--slices", "2", "--slice-step", "3",
         "--small", "--steps", "2", "--seeds", "0", "--attentions", "maxca,none",
+        "--hosts", ",".join(HOSTS),
         "--threads", "1", "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
     assert ablation.main(argv) == 0

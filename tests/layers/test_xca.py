@@ -145,3 +145,24 @@ def test_bad_arguments():
         XCALayer(3, 8, 2, grouping="diagonal")
     with pytest.raises(MaxcaInputError, match="region must be"):
         XCALayer(3, 8, 2, region=(4, 4))
+
+
+@pytest.mark.parametrize("d,spatial,region", CASES)
+@pytest.mark.parametrize("grouping", ["regional", "dilated", "global"])
+def test_head_by_head_checkpointed_path_matches_the_fused_one(d, spatial, region, grouping):
+    fused = make_layer(d, region, grouping)
+    by_head = make_layer(d, region, grouping)
+    by_head.checkpoint_heads = True
+    z = torch.randn(2, *spatial, 8)
+    outs, grads = [], []
+    for layer in (fused, by_head):
+        zi = z.clone().requires_grad_(True)
+        out = layer(zi)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        outs.append(out.detach())
+        grads.append([zi.grad] + [p.grad for p in layer.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-10)
+    with torch.no_grad():  # without autograd the fused path runs
+        torch.testing.assert_close(by_head(z), outs[0], rtol=0, atol=0)

@@ -15,6 +15,7 @@ SHAPES = {2: (19, 26), 3: (11, 18, 21)}
 TINY: dict[str, dict[str, Any]] = {
     "pyramid": {"enc_channels": 4, "dec_channels": 8, "heads": 2, "region": 4},
     "pyramid_small": {"heads": 2, "region": 4},
+    "corrmaxca": {"enc_channels": 4, "dec_channels": 8, "heads": 2, "region": 4},
     "unet": {
         "enc_channels": (4, 8, 8, 8),
         "dec_channels": (8, 8, 8, 8, 8),

@@ -10,6 +10,7 @@ import torch
 
 from maxca.errors import MaxcaInputError
 from maxca.models import (
+    CorrMAXCAConfig,
     HybridConfig,
     PyramidConfig,
     PyramidNet,
@@ -26,7 +27,8 @@ from .conftest import TINY, pair, tiny_model
 
 
 def test_list_models_and_config_classes() -> None:
-    assert list_models() == ["hybrid", "pyramid", "pyramid_small", "unet"]
+    assert list_models() == ["corrmaxca", "hybrid", "pyramid", "pyramid_small", "unet"]
+    assert get_config_class("corrmaxca") is CorrMAXCAConfig
     assert get_config_class("pyramid") is PyramidConfig
     assert get_config_class("pyramid_small") is PyramidConfig
     assert get_config_class("unet") is UNetConfig
@@ -110,6 +112,9 @@ def test_config_normalises_scalars_and_lists_to_per_axis_tuples() -> None:
         (lambda: create_model("pyramid", diffeomorphic="yes"), r"diffeomorphic must be true or"),
         (lambda: create_model("pyramid", pad_mode="reflect"), r"pad_mode must be one of"),
         (lambda: create_model("pyramid", heads=0), r"heads must be an integer >= 1, got 0"),
+        (lambda: create_model("pyramid", drop=1.0), r"drop must be a number in \[0, 1\), got 1.0"),
+        (lambda: create_model("corrmaxca", drop="0.1"), r"drop must be a number in \[0, 1\)"),
+        (lambda: create_model("corrmaxca", attention_levels=(4,)), r"attention_levels"),
         (lambda: model_from_config({"spatial_dims": 2}), r"'name' key"),
         (lambda: PyramidConfig.from_dict({"depth": 3}), r"unknown field.*depth"),
         (lambda: PyramidConfig.from_json("{not json"), r"JSON"),
@@ -118,6 +123,18 @@ def test_config_normalises_scalars_and_lists_to_per_axis_tuples() -> None:
 def test_bad_options_raise_clear_errors(call, match: str) -> None:
     with pytest.raises(MaxcaInputError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", ["pyramid", "unet", "hybrid", "corrmaxca"])
+def test_dropout_rate_is_set_from_the_config_in_every_attention_block(name: str) -> None:
+    from maxca.layers import AttentionBlock
+
+    model = create_model(name, spatial_dims=2, drop=0.2)
+    blocks = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    assert blocks
+    rates = {d.p for b in blocks for d in b.modules() if isinstance(d, torch.nn.Dropout)}
+    assert rates == {0.2}
+    assert model_from_config(model.config_dict()).config.drop == 0.2
 
 
 def test_heads_must_divide_the_widths() -> None:

@@ -18,6 +18,7 @@ permute and oneDNN convolutions run fastest on CPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,14 @@ from maxca.errors import MaxcaInputError
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
 from maxca.layers.xca import XCALayer
+
+#: values of ``AttentionBlock(checkpoint=...)``
+CHECKPOINT_MODES = (False, True, "block", "segments")
+
+
+def global_sa_memory_bytes(tokens: int, heads: int, batch: int = 1, itemsize: int = 4) -> int:
+    """Memory of the ``batch x heads x tokens x tokens`` attention matrix of global SA."""
+    return int(batch) * int(heads) * int(tokens) ** 2 * int(itemsize)
 
 
 class MultiAxisMixer(nn.Module):
@@ -54,21 +63,31 @@ class MultiAxisMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, *S, C)`` channels-last."""
+        u, v = self.expand_halves(x)
+        return self.project(self.branch_u(u), self.branch_v(v), x)
+
+    def expand_halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``GELU(Linear_{C->2C}(LayerNorm(x)))`` as its two halves ``u, v`` (B, *S, C) each.
+
+        The C -> 2C expansion and the 2C -> C projection are applied as two halves each, so
+        u and v come out contiguous and no concatenation is materialised (same arithmetic)."""
         C = x.shape[-1]
         h = self.norm(x)
-        # The C -> 2C expansion and the 2C -> C projection are applied as two halves each, so
-        # u and v come out contiguous and no concatenation is materialised (same arithmetic).
         we, be = self.expand.weight, self.expand.bias
         u = self.act(F.linear(h, we[:C], be[:C]))  # (B, *S, C)
         v = self.act(F.linear(h, we[C:], be[C:]))
-        del h
-        u, v = self.branch_u(u), self.branch_v(v)
+        return u, v
+
+    def project(self, u: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        """``x + Dropout(Linear_{2C->C}([u, v]))`` (B, *S, C)."""
+        C = x.shape[-1]
         wp = self.proj.weight
         out = F.linear(u, wp[:, :C], self.proj.bias)
-        out.view(-1, C).addmm_(v.reshape(-1, C), wp[:, C:].t())
+        # .to() is a no-op in fp32; under bf16 autocast the in-place addmm needs one dtype
+        out.view(-1, C).addmm_(v.reshape(-1, C).to(out.dtype), wp[:, C:].t().to(out.dtype))
         if self.training and self.drop.p > 0:
             out = self.drop(out)
-        return out.add_(x)
+        return out.to(x.dtype).add_(x)  # the residual stream keeps x's dtype
 
 
 class RCAB(nn.Module):
@@ -111,7 +130,16 @@ class AttentionBlock(nn.Module):
         channels: ``C``.
         branch_u, branch_v: the two token mixers (channels-last in and out).
         drop: dropout rate.
-        checkpoint: recompute the mixer and RCAB activations in backward (saves memory).
+        checkpoint: gradient checkpointing inside the block: ``False``; ``True`` or
+            ``"block"``: recompute the whole block in backward (stores only its input);
+            ``"segments"``: recompute it segment by segment (each half with its expansion,
+            RCAB; XCA branches head by head), which lowers the peak of the block's own backward to
+            about one segment (use it inside an outer checkpoint that stores only the block's
+            input, as the ``corrmaxca`` host does; alone it stores the segment boundaries).
+        max_tokens: the block's token limit: an input of more than ``max_tokens`` voxels is
+            refused with a clear error naming the memory global self-attention would need
+            (``None``: no limit; only the quadratic kind ``global_sa`` sets one).
+        kind: the name of the kind in :data:`maxca.layers.attention.KINDS` (for ``repr``).
 
     Input: ``(B, C, *S)``, any spatial size. Output: same shape (channels-last memory format).
     """
@@ -123,14 +151,26 @@ class AttentionBlock(nn.Module):
         branch_u: nn.Module,
         branch_v: nn.Module,
         drop: float = 0.0,
-        checkpoint: bool = False,
+        checkpoint: bool | str = False,
+        max_tokens: int | None = None,
+        kind: str = "custom",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.channels = channels
-        self.checkpoint = checkpoint
+        if checkpoint not in CHECKPOINT_MODES:
+            raise MaxcaInputError(
+                f"checkpoint must be one of {CHECKPOINT_MODES}, got {checkpoint!r}"
+            )
+        self.checkpoint: bool | str = checkpoint
+        self.max_tokens = max_tokens
+        self.kind = kind
         self.mixer = MultiAxisMixer(channels, branch_u, branch_v, drop)
         self.rcab = RCAB(spatial_dims, channels)
+        if checkpoint == "segments":
+            for branch in (branch_u, branch_v):
+                if hasattr(branch, "checkpoint_heads"):
+                    branch.checkpoint_heads = True
 
     def check_input(self, x: Tensor) -> None:
         """Raise a clear error for a wrong rank or channel count."""
@@ -144,14 +184,46 @@ class AttentionBlock(nn.Module):
                 f"expected {self.channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})"
             )
 
+    def check_tokens(self, spatial: Sequence[int], batch: int = 1) -> None:
+        """Raise :class:`MaxcaInputError` if ``prod(spatial)`` exceeds ``max_tokens``."""
+        n = math.prod(int(s) for s in spatial)
+        if self.max_tokens is None or n <= self.max_tokens:
+            return
+        heads = int(getattr(self.mixer.branch_u, "heads", 1))
+        gb = global_sa_memory_bytes(n, heads, batch) / 1e9
+        raise MaxcaInputError(
+            f"global self-attention over {'x'.join(map(str, spatial))} = {n} tokens would need "
+            f"{gb:,.1f} GB for its {heads}-head {n}x{n} attention matrices (limit "
+            f"max_tokens={self.max_tokens}); use it at coarser levels only, or attention='maxca'"
+        )
+
     def _body(self, x: Tensor) -> Tensor:
         return self.rcab(self.mixer(x), skip=x)  # x + RCAB(mixer(x)), residual fused
 
+    def _body_segments(self, x: Tensor) -> Tensor:
+        """``_body`` with each segment recomputed in backward (same numbers)."""
+        mix = self.mixer
+        u = maybe_checkpoint(self._half, x, 0)  # LayerNorm + expansion recomputed per half
+        v = maybe_checkpoint(self._half, x, 1)
+        m = mix.project(u, v, x)
+        del u, v
+        return maybe_checkpoint(self.rcab, m, x)
+
+    def _half(self, x: Tensor, i: int) -> Tensor:
+        """Branch ``i`` (0: u, 1: v) of the mixer on ``x`` (B, *S, C), its expansion included."""
+        mix, C = self.mixer, x.shape[-1]
+        we, be = mix.expand.weight[i * C : (i + 1) * C], mix.expand.bias[i * C : (i + 1) * C]
+        half = mix.act(F.linear(mix.norm(x), we, be))
+        return (mix.branch_u, mix.branch_v)[i](half)
+
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(B, C, *S)`` -> ``(B, C, *S)``."""
+        """``x``: ``(B, C, *S)`` -> ``(B, C, *S)``; refused up front beyond ``max_tokens``."""
         self.check_input(x)
+        self.check_tokens(tuple(x.shape[2:]), x.shape[0])
         xl = x.movedim(1, -1).contiguous()  # (B, *S, C); free if x is channels-last already
-        return maybe_checkpoint(self._body, xl, enabled=self.checkpoint).movedim(-1, 1)
+        if self.checkpoint == "segments" and torch.is_grad_enabled():
+            return self._body_segments(xl).movedim(-1, 1)
+        return maybe_checkpoint(self._body, xl, enabled=bool(self.checkpoint)).movedim(-1, 1)
 
 
 class MAXCA(AttentionBlock):
@@ -176,7 +248,7 @@ class MAXCA(AttentionBlock):
         heads: int = 4,
         region: int | Sequence[int] = 8,
         drop: float = 0.0,
-        checkpoint: bool = False,
+        checkpoint: bool | str = False,
     ) -> None:
         # the branch layers validate spatial_dims and heads (one clear error each)
         super().__init__(
@@ -186,4 +258,5 @@ class MAXCA(AttentionBlock):
             XCALayer(spatial_dims, channels, heads, region, "regional", drop=drop),
             drop=drop,
             checkpoint=checkpoint,
+            kind="maxca",
         )

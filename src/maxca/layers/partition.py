@@ -4,7 +4,7 @@ All functions take channels-last tensors ``(B, *S, C)`` whose spatial size is a 
 region size on every axis (pad first with :func:`pad_to_multiple`). The permutations are
 generated from the rank, so 2-D and 3-D share one implementation.
 
-Grouping modes, for a padded size ``S = g * R`` per axis (``g`` regions of ``R`` voxels):
+Groupings, for a padded size ``S = g * R`` per axis (``g`` regions of ``R`` voxels):
 
 - ``"regional"``: one group per region, its tokens are the ``prod(R)`` voxels inside it;
 - ``"dilated"``: one group per in-region offset, its tokens are the ``prod(g)`` voxels sitting
@@ -69,13 +69,13 @@ def channels_last_format(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
-def group_tokens(x: Tensor, region: Sequence[int], mode: str) -> Tensor:
+def group_tokens(x: Tensor, region: Sequence[int], grouping: str) -> Tensor:
     """Group a channels-last tensor into token sequences, channels kept innermost.
 
     Args:
         x: ``(B, *S, C)``, ``S`` a multiple of ``region`` on every axis.
         region: region size per axis.
-        mode: ``"regional"``, ``"dilated"`` or ``"global"``.
+        grouping: ``"regional"``, ``"dilated"`` or ``"global"``.
 
     Returns:
         ``(B * G, T, C)`` contiguous (one copy; none for ``"global"``): ``G`` groups of ``T``
@@ -84,17 +84,17 @@ def group_tokens(x: Tensor, region: Sequence[int], mode: str) -> Tensor:
     """
     d = len(region)
     B, C = x.shape[0], x.shape[-1]
-    if mode == "global":
+    if grouping == "global":
         return x.reshape(B, -1, C)
     t, grid = _split_view(x, region)  # (B, g0, R0, ..., C)
     g_axes = [1 + 2 * i for i in range(d)]
     r_axes = [2 + 2 * i for i in range(d)]
-    if mode == "regional":
+    if grouping == "regional":
         outer, inner = g_axes, r_axes
-    elif mode == "dilated":
+    elif grouping == "dilated":
         outer, inner = r_axes, g_axes
     else:
-        raise MaxcaInputError(f"grouping must be one of {GROUPINGS}, got {mode!r}")
+        raise MaxcaInputError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     n_tok = 1
     for a in inner:
         n_tok *= t.shape[a]
@@ -102,7 +102,7 @@ def group_tokens(x: Tensor, region: Sequence[int], mode: str) -> Tensor:
 
 
 def ungroup_view(
-    t: Tensor, batch: int, spatial: Sequence[int], region: Sequence[int], mode: str
+    t: Tensor, batch: int, spatial: Sequence[int], region: Sequence[int], grouping: str
 ) -> Tensor:
     """Strided view of grouped tokens ``(B * G, T, C)`` in split spatial order.
 
@@ -111,14 +111,14 @@ def ungroup_view(
     """
     d = len(region)
     C = t.shape[-1]
-    if mode == "global":
+    if grouping == "global":
         return t.reshape(batch, *spatial, C)
     grid = tuple(s // r for s, r in zip(spatial, region))
-    outer, inner = (grid, tuple(region)) if mode == "regional" else (tuple(region), grid)
+    outer, inner = (grid, tuple(region)) if grouping == "regional" else (tuple(region), grid)
     v = t.view(batch, *outer, *inner, C)
     perm: list[int] = [0]
     for i in range(d):
-        perm += [1 + i, 1 + d + i] if mode == "regional" else [1 + d + i, 1 + i]
+        perm += [1 + i, 1 + d + i] if grouping == "regional" else [1 + d + i, 1 + i]
     perm.append(1 + 2 * d)
     return v.permute(*perm)
 

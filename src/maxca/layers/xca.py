@@ -24,9 +24,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from maxca.errors import MaxcaInputError
+from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
 from maxca.layers.partition import (
     GROUPINGS,
@@ -114,9 +116,48 @@ class XCALayer(nn.Module):
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
         self.proj = nn.Linear(channels, channels)
         self.drop = nn.Dropout(drop)
+        #: when True (and autograd is on), run head by head, each head under gradient
+        #: checkpointing: the same numbers up to summation order, a quarter (1 / heads) of the
+        #: activation memory in backward, one more forward of the layer in time. Set by
+        #: ``AttentionBlock(checkpoint="segments")``.
+        self.checkpoint_heads = False
+
+    def _head(self, h: Tensor, hd: int, B: int, spatial: tuple[int, ...]) -> Tensor:
+        """Head ``hd``'s contribution to the output projection (without bias), from the
+        normalised input ``h`` (B, C', *S) (channels-last memory): ``(B, *S, C')``."""
+        Cp, c = self.channels, self.channels // self.heads
+        idx = torch.cat([torch.arange(hd * c, (hd + 1) * c) + j * Cp for j in range(3)])
+        conv_fn = (F.conv2d, F.conv3d)[self.spatial_dims - 2]
+        qkv = conv_fn(h, self.qkv.weight[idx], self.qkv.bias[idx], padding=self.qkv.padding)
+        qkv = qkv.movedim(1, -1)  # (B, *S, 3c)
+        region = spatial if self.grouping == "global" else self.region
+        qkv, pads = pad_to_multiple(qkv, region)
+        padded = tuple(qkv.shape[1:-1])
+        tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3c)
+        del qkv
+        q, k, v = tok.split(c, dim=-1)
+        attn = xca_mixing_matrix(q, k, self.temperature[hd : hd + 1], 1)[:, 0]  # (B*G, c, c)
+        mix = torch.einsum("gij,oi->gjo", attn, self.proj.weight[:, hd * c : (hd + 1) * c])
+        out = torch.bmm(v, mix)  # (B*G, T, C')
+        out = ungroup_view(out, B, padded, region, self.grouping).reshape(B, *padded, Cp)
+        if any(pads):
+            out = out[(slice(None), *(slice(0, s) for s in spatial))]
+        return out
+
+    def _forward_by_head(self, z: Tensor) -> Tensor:
+        B, spatial = z.shape[0], tuple(z.shape[1:-1])
+        h = self.norm(z).movedim(-1, 1)  # (B, C', *S), channels-last memory
+        out = self.proj.bias.expand(z.shape)
+        for hd in range(self.heads):
+            out = out + maybe_checkpoint(self._head, h, hd, B, spatial)
+        if self.training and self.drop.p > 0:
+            out = self.drop(out)
+        return z + out
 
     def forward(self, z: Tensor) -> Tensor:
         """``z``: channels-last ``(B, *S, C')`` -> same shape."""
+        if self.checkpoint_heads and torch.is_grad_enabled():
+            return self._forward_by_head(z)
         B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
         c = Cp // H
         h = self.norm(z)  # (B, *S, C') contiguous

@@ -4,7 +4,7 @@ Importing this package registers every model::
 
     >>> from maxca.models import create_model, list_models
     >>> list_models()
-    ['hybrid', 'pyramid', 'pyramid_small', 'unet']
+    ['corrmaxca', 'hybrid', 'pyramid', 'pyramid_small', 'unet']
     >>> model = create_model("pyramid_small", spatial_dims=3, attention="maxca")
     >>> out = model(fixed, moving)  # out.flow (B, 3, *S), out.warped (B, C, *S)
 """
@@ -19,6 +19,7 @@ from maxca.models._registry import (
     register_model,
 )
 from maxca.models.base import ModelConfig, RegistrationModel, RegistrationOutput
+from maxca.models.corrmaxca import CorrMAXCAConfig, CorrMAXCANet
 from maxca.models.heads import RegistrationHead
 from maxca.models.hybrid import HybridConfig, HybridNet
 from maxca.models.pyramid import PyramidConfig, PyramidNet
@@ -42,4 +43,6 @@ __all__ = [
     "UNet",
     "HybridConfig",
     "HybridNet",
+    "CorrMAXCAConfig",
+    "CorrMAXCANet",
 ]

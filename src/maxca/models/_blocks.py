@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from maxca.layers.attention import GlobalSelfAttention, make_attention
+from maxca.layers.attention import make_attention
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import conv, instance_norm_cls
 from maxca.models.base import ModelConfig
@@ -65,15 +65,22 @@ class AttentionSlot(nn.Module):
     config leaves ``attention_levels`` at ``None`` (host defaults), a ``global_sa`` block whose
     input has more tokens than its ``max_tokens`` is skipped (identity) and the decision is
     taken per forward from the actual size. When the user listed the levels explicitly, the
-    block always runs and :class:`~maxca.layers.attention.GlobalSelfAttention` refuses an input
-    that is too large with a ``MaxcaInputError`` naming the memory it would need.
+    block always runs and refuses (its own ``max_tokens``, see
+    :class:`~maxca.layers.maxca.AttentionBlock`) an input that is too large with a
+    ``MaxcaInputError`` naming the memory it would need.
     ``config.checkpoint`` recomputes the block in backward.
     """
 
-    def __init__(self, config: ModelConfig, level: int, channels: int) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        level: int,
+        channels: int,
+        block_checkpoint: bool | str | None = None,
+    ) -> None:
         super().__init__()
         kwargs = {}
-        if config.attention == "global_sa" and config.global_sa_max_tokens is not None:
+        if config.global_sa_max_tokens is not None:
             kwargs["max_tokens"] = config.global_sa_max_tokens
         self.block = make_attention(
             config.attention,
@@ -81,18 +88,20 @@ class AttentionSlot(nn.Module):
             channels,
             heads=config.heads,
             region=config.region,
+            drop=config.drop,
+            checkpoint=False if block_checkpoint is None else block_checkpoint,
             **kwargs,
         )
         self.level = level
         self.strict = config.attention_levels is not None
-        self.use_checkpoint = config.checkpoint
+        # the slot recomputes the whole block, unless the host chose the block's own mode
+        self.use_checkpoint = config.checkpoint and block_checkpoint is None
 
     @property
     def max_tokens(self) -> int | None:
-        """Token limit of the block (``global_sa`` only), else ``None``."""
-        if isinstance(self.block, GlobalSelfAttention) and self.block.max_tokens is not None:
-            return int(self.block.max_tokens)
-        return None
+        """Token limit of the block (set only by quadratic kinds, ``global_sa``), else ``None``."""
+        limit = getattr(self.block, "max_tokens", None)
+        return None if limit is None else int(limit)
 
     def runs_at(self, spatial: tuple[int, ...] | torch.Size) -> bool:
         """Whether the block runs (rather than being skipped) on an input of spatial size
@@ -109,8 +118,14 @@ class AttentionSlot(nn.Module):
         return f"level={self.level}, strict={self.strict}"
 
 
-def attention_or_identity(config: ModelConfig, level: int, channels: int) -> nn.Module:
-    """An :class:`AttentionSlot` when ``level`` holds attention in ``config``, else identity."""
+def attention_or_identity(
+    config: ModelConfig, level: int, channels: int, block_checkpoint: bool | str | None = None
+) -> nn.Module:
+    """An :class:`AttentionSlot` when ``level`` holds attention in ``config``, else identity.
+
+    ``block_checkpoint`` (``None``: the slot checkpoints the whole block when
+    ``config.checkpoint``) sets the block's own checkpointing mode instead (see
+    :class:`~maxca.layers.maxca.AttentionBlock`)."""
     if level in config.levels_with_attention:
-        return AttentionSlot(config, level, channels)
+        return AttentionSlot(config, level, channels, block_checkpoint)
     return nn.Identity()

@@ -99,8 +99,8 @@ class ModelConfig:
     Attributes:
         spatial_dims: 2 or 3.
         in_channels: channels ``C`` of the fixed and of the moving image (each).
-        attention: the attention block, one of ``ATTENTION_KINDS``
-            (``"maxca", "window", "global_sa", "xca", "none"``).
+        attention: the attention block, one of ``ATTENTION_KINDS`` (``"maxca", "regional",
+            "dilated", "window", "global_sa", "xca", "none"``; see maxca.layers.attention).
         heads: attention heads; must divide the channel width wherever attention runs.
         region: MAXCA region / window size, a scalar or one int per spatial axis (normalised to
             a ``spatial_dims``-tuple).
@@ -117,6 +117,7 @@ class ModelConfig:
             ``"replicate"`` (edge values) or ``"zeros"``.
         global_sa_max_tokens: token limit of ``global_sa`` blocks (``None`` = the layer's
             default).
+        drop: dropout rate inside every attention block (``0 <= drop < 1``).
     """
 
     spatial_dims: int = 3
@@ -130,6 +131,7 @@ class ModelConfig:
     checkpoint: bool = False
     pad_mode: str = "replicate"
     global_sa_max_tokens: int | None = None
+    drop: float = 0.0
 
     def __post_init__(self) -> None:
         self.spatial_dims = check_spatial_dims(as_int(self.spatial_dims, "spatial_dims", 0))
@@ -152,6 +154,11 @@ class ModelConfig:
         self.pad_mode = as_choice(self.pad_mode, "pad_mode", PAD_MODES)
         if self.global_sa_max_tokens is not None:
             self.global_sa_max_tokens = as_int(self.global_sa_max_tokens, "global_sa_max_tokens", 1)
+        if isinstance(self.drop, bool) or not isinstance(self.drop, (int, float)):
+            raise MaxcaInputError(f"drop must be a number in [0, 1), got {self.drop!r}")
+        if not 0.0 <= float(self.drop) < 1.0:
+            raise MaxcaInputError(f"drop must be a number in [0, 1), got {self.drop!r}")
+        self.drop = float(self.drop)
 
     def level_choices(self) -> tuple[int, ...]:
         """Resolution levels of the host that can hold attention blocks (hosts override)."""

@@ -2,7 +2,7 @@
 
 - J. Chen, E. C. Frey, Y. He, W. P. Segars, Y. Li, Y. Du. "TransMorph: Transformer for
   unsupervised medical image registration." Medical Image Analysis 82, 2022 (the hybrid).
-- H. Meng, M. Fulham, L. Bi, J. Kim. "Advancing Deformable Medical Image Registration with
+- M. Meng, M. Fulham, L. Bi, J. Kim. "Advancing Deformable Medical Image Registration with
   Multi-axis Cross-covariance Attention." arXiv:2412.18545, 2024 (MAXCA as a drop-in block).
 
 Written from those descriptions; no code was copied.

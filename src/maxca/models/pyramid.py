@@ -1,8 +1,22 @@
 """Dual-stream coarse-to-fine correlation pyramid with an attention block at every level.
 
-The flagship host of MAXCA: the design of CorrMLP with MAXCA blocks in place of its MLP blocks.
+Our lighter variant of the CorrMLP pyramid. The paper's network itself (CorrMLP with MAXCA in
+every correlation-aware block, 29,454,340 parameters at encoder 16 / decoder 32) is
+``corrmaxca`` (:mod:`maxca.models.corrmaxca`). ``pyramid`` (3,188,044 parameters at the same
+widths) and ``pyramid_small`` differ from it in:
 
-- H. Meng, M. Fulham, L. Bi, J. Kim. "Advancing Deformable Medical Image Registration with
+- decoder width: ``dec_channels`` at every level (the paper: ``dec * 2**l``, 32/64/128/256);
+- second block per level: ``concat -> 3^d conv + LeakyReLU -> attention`` on (first block's
+  output, upsampled coarser features), without a correlation between them (the paper: the
+  same correlation-aware block, correlation + concat + conv + block);
+- fuse conv: conv + LeakyReLU before the block (the paper: a plain conv);
+- upsampling of decoder features: a transposed conv keeping the width (the paper: ``w_{l+1}``
+  to ``w_{l+1} / 2``), then a channel LayerNorm;
+- flow upsampling: ``resize_flow`` with the cell geometry (half-voxel centred; the paper:
+  corner-aligned ``align_corners=True``), values x2 in both;
+- ``pyramid_small`` also halves the widths and has no attention at full resolution.
+
+- M. Meng, M. Fulham, L. Bi, J. Kim. "Advancing Deformable Medical Image Registration with
   Multi-axis Cross-covariance Attention." arXiv:2412.18545, 2024.
 - M. Meng, D. Feng, L. Bi, J. Kim. "Correlation-aware Coarse-to-fine MLPs for Deformable
   Medical Image Registration." CVPR 2024 (the pyramid).
@@ -196,8 +210,10 @@ class _DecoderLevel(nn.Module):
 class PyramidNet(RegistrationModel):
     """Dual-stream correlation pyramid: ``(fixed, moving) (B, C, *S) -> RegistrationOutput``.
 
-    See the module docstring for the architecture; any input size works (padded to a multiple
-    of 8 at the end of each axis, the flow cropped back).
+    Registered as ``pyramid`` and ``pyramid_small``; lighter than the paper's network
+    ``corrmaxca`` (the differences are listed in the module docstring, with the architecture).
+    Any input size works (padded to a multiple of 8 at the end of each axis, the flow cropped
+    back).
     """
 
     config_cls = PyramidConfig
@@ -241,8 +257,9 @@ class PyramidNet(RegistrationModel):
 # blocks per level.
 register_model("pyramid", PyramidConfig)(PyramidNet)
 
-# A CPU variant: encoder 8 (8, 16, 32, 64), decoder 16, no attention at full resolution (levels
-# 1..3, two blocks each). Full-resolution attention is most of the pyramid's cost; level 0 keeps
+# A CPU variant (the lightest; the module docstring says how it differs from ``corrmaxca``):
+# encoder 8 (8, 16, 32, 64), decoder 16, no attention at full resolution (levels 1..3, two
+# blocks each). Full-resolution attention is most of the pyramid's cost; level 0 keeps
 # its correlation, fuse, merge and head, so fine displacements are still resolved there. Sized so
 # that a training step at 80x96x112 on 2 CPU threads stays well under 10 s.
 register_model(

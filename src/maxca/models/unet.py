@@ -2,7 +2,7 @@
 
 - G. Balakrishnan, A. Zhao, M. R. Sabuncu, J. Guttag, A. V. Dalca. "VoxelMorph: A Learning
   Framework for Deformable Medical Image Registration." IEEE TMI 38(8), 2019 (the U-Net).
-- H. Meng, M. Fulham, L. Bi, J. Kim. "Advancing Deformable Medical Image Registration with
+- M. Meng, M. Fulham, L. Bi, J. Kim. "Advancing Deformable Medical Image Registration with
   Multi-axis Cross-covariance Attention." arXiv:2412.18545, 2024 (MAXCA as a drop-in block).
 
 Written from those descriptions; no code was copied.

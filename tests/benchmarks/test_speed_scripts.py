@@ -1,0 +1,57 @@
+"""The speed-option and training-memory scripts on tiny inputs: rows, reference ratios."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import speed_options  # benchmarks/ is put on sys.path by conftest.py
+import train_memory
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_speed_options_rows_and_reference_variant(tmp_path: Path) -> None:
+    out = tmp_path / "so.csv"
+    argv = [
+        "--target", "pyramid_small", "--size", "8x8x16", "--variants", "eager-fp32,eager-bf16",
+        "--repeats", "1", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert speed_options.main(argv) == 0
+    rows = _rows(out)
+    assert [(r["pass"], r["variant"]) for r in rows] == [
+        ("inference", "eager-fp32"),
+        ("inference", "eager-bf16"),
+        ("train", "eager-fp32"),
+        ("train", "eager-bf16"),
+    ]
+    for r in rows:
+        if r["variant"] == "eager-fp32":  # the reference against itself
+            assert float(r["ratio_to_eager_fp32"]) == 1.0 and float(r["max_abs_diff"]) == 0.0
+        else:  # bfloat16 rounds: a visible but small change of the flow
+            assert 0.0 < float(r["max_abs_diff"]) < 0.2 * float(r["ref_abs_max"])
+
+
+def test_train_memory_reports_a_peak_above_the_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "mem.csv"
+    argv = ["--model", "corrmaxca", "--size", "8x8x16", "--checkpoint", "--out", str(out)]
+    assert train_memory.main(argv) == 0
+    (row,) = _rows(out)
+    assert row["model"] == "corrmaxca" and row["checkpoint"] == "True"
+    assert int(row["params"]) == 29_454_340
+    assert float(row["peak_gb"]) >= float(row["baseline_gb"]) > 0
+
+
+def test_checkpoint_cost_times_both_variants(tmp_path: Path) -> None:
+    import checkpoint_cost
+
+    out = tmp_path / "ck.csv"
+    argv = ["--model", "pyramid_small", "--size", "8x8x16", "--repeats", "1", "--out", str(out)]
+    assert checkpoint_cost.main(argv) == 0
+    (row,) = _rows(out)
+    assert float(row["plain_s"]) > 0 and float(row["checkpoint_s"]) > 0
+    ratio = float(row["checkpoint_s"]) / float(row["plain_s"])
+    assert abs(float(row["ratio"]) - ratio) <= 0.05 * ratio
