@@ -1,7 +1,7 @@
 """The MAXCA block: multi-axis (regional + dilated) cross-covariance attention with RCAB.
 
 Meng, Fulham, Bi, Kim. "Advancing Deformable Medical Image Registration with Multi-axis
-Cross-covariance Attention", arXiv 2412.18545. Implemented from the description in MAXCA.md::
+Cross-covariance Attention", arXiv 2412.18545. Implemented from our description in docs/method.md::
 
     MAXCA(x)         = x + RCAB(MultiAxisXCA(x))
     MultiAxisXCA(x)  = x + Dropout(Linear_2C->C([DilatedXCA(u), RegionalXCA(v)]))

@@ -1,7 +1,7 @@
 """Cross-covariance attention (XCA) on grouped tokens, with masked padding.
 
 One implementation serves regional XCA, dilated XCA and plain global XCA (XCiT), in 2-D and
-3-D. See ``docs/conventions.md`` and the method description (MAXCA.md, step 3).
+3-D. See ``docs/conventions.md`` and the method description (docs/method.md).
 
 Per group of tokens and per head (``c`` channels, ``T`` tokens), with ``q, k, v`` of shape
 ``(T, c)``::
@@ -85,7 +85,7 @@ class XCALayer(nn.Module):
         region: region size ``R`` per axis (ignored by ``grouping="global"``).
         grouping: ``"regional"`` (tokens = voxels of one region), ``"dilated"`` (tokens = the
             voxels at one in-region offset across all regions) or ``"global"`` (all voxels).
-        qkv_kernel: kernel size of the depth-aware qkv projection (3 per MAXCA.md; 1 gives the
+        qkv_kernel: kernel size of the depth-aware qkv projection (3 per docs/method.md; 1 gives the
             Linear projection of XCiT).
         drop: dropout rate after the output projection.
 

@@ -7,7 +7,7 @@
 
 The paper puts MAXCA into CorrMLP by replacing the MLP layer (and channel attention) of each
 correlation-aware block with the MAXCA block. This module builds that network, written from
-the description in docs/MAXCA.md and the structure given in issue #12 (no code was copied).
+the method description (docs/method.md) and the CorrMLP structure (no code was copied).
 With ``attention=<kind>`` the same network is built with another block in every slot
 (``"none"``: the block is skipped and the correlation-aware block is correlation + conv).
 

@@ -21,7 +21,7 @@ widths) and ``pyramid_small`` differ from it in:
 - M. Meng, D. Feng, L. Bi, J. Kim. "Correlation-aware Coarse-to-fine MLPs for Deformable
   Medical Image Registration." CVPR 2024 (the pyramid).
 
-Written from the description in docs/MAXCA.md ("Where it goes"); no code was copied.
+Written from the method description (docs/method.md); no code was copied.
 
 Architecture (``L = 4`` levels; level ``l`` has spatial size ``P / 2**l`` of the padded input
 size ``P``, a multiple of ``2**(L-1) = 8``):
