@@ -144,4 +144,4 @@ def test_a_checkpoint_path_is_not_prealigned_unless_asked(tmp_path) -> None:
     T = np.asarray(json.loads((tmp_path / "b" / "registration.json").read_text())["affine"])
     idx = np.argwhere(fixed > 0.1)
     world = (AFFINE @ np.c_[idx, np.ones(len(idx))].T).T
-    assert np.abs(world @ (T - np.eye(4)).T).max() < 1.0  # mm (3 mm voxels): itself
+    assert np.abs(world @ (T - np.eye(4)).T).max() < 1.5  # mm, half a 3 mm voxel: itself
