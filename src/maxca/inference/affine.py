@@ -117,7 +117,7 @@ def affine_register(
             to about ``finest_mm``, dropping levels with fewer than 16 voxels along an axis).
         iterations: optimiser iterations per level and stage.
         sampling: fraction of voxels the metric samples (``(0, 1]``; raised to reach about
-            50,000 samples at the finest level).
+            20,000 samples at the finest level).
         seed: seed of the metric's sampling (the result is deterministic for a seed).
         threads: SimpleITK threads (default: its own default).
         finest_mm: voxel size of the finest level when ``shrink`` is not given (an affine
@@ -137,10 +137,10 @@ def affine_register(
         shrink = tuple(levels) or (max(1, min(k, smallest // 16)),)
     if not 0 < sampling <= 1:
         raise MaxcaInputError(f"sampling must be in (0, 1], got {sampling!r}")
-    # at least ~50,000 samples at the finest level (small images: all their voxels), so the
+    # at least ~20,000 samples at the finest level (small images: all their voxels), so the
     # mutual-information estimate is not noisy
     finest = int(np.prod(fixed.shape)) / max(1, min(shrink)) ** fixed.ndim
-    sampling = min(1.0, max(float(sampling), 50_000 / max(finest, 1.0)))
+    sampling = min(1.0, max(float(sampling), 20_000 / max(finest, 1.0)))
     if not shrink or any(int(s) < 1 for s in shrink):
         raise MaxcaInputError(f"shrink factors must be >= 1, got {shrink!r}")
     t0 = time.perf_counter()
