@@ -53,7 +53,7 @@ from maxca.models._blocks import ChannelLayerNorm, attention_or_identity
 from maxca.models._registry import register_model
 from maxca.models.base import ModelConfig, RegistrationModel, as_choice, as_int
 from maxca.models.heads import RegistrationHead
-from maxca.models.pyramid import coarse_to_fine, shared_encoder
+from maxca.models.pyramid import Level, coarse_to_fine, shared_encoder
 from maxca.spatial import correlation, integrate_velocity, warp
 
 __all__ = ["CorrMAXCAConfig", "CorrMAXCANet", "upsample_flow_corners"]
@@ -189,12 +189,7 @@ class _DecoderLevel(nn.Module):
     def _stage2(self, x: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
         return self.block2(x, self.up(coarser))
 
-    def forward(
-        self,
-        fixed: torch.Tensor,
-        moving: torch.Tensor,
-        coarser: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, coarser: Level | None) -> Level:
         ckpt = self.use_checkpoint
         if coarser is None:
             x = maybe_checkpoint(self.block1, fixed, moving, enabled=ckpt)

@@ -121,6 +121,10 @@ class PyramidConfig(ModelConfig):
 # ---------------------------------------------------------------------------------------------
 # blocks
 # ---------------------------------------------------------------------------------------------
+Level = tuple[torch.Tensor, torch.Tensor]
+"""What one decoder level returns: ``(features (B, D, *S), field (B, d, *S))``."""
+
+
 class _EncoderLevel(nn.Module):
     """``[AvgPool x2] -> 2 x (3^d conv -> LeakyReLU -> InstanceNorm)``: ``(B, Cin, *S) ->
     (B, Cout, *S / 2**pool)``."""
@@ -167,12 +171,7 @@ class _DecoderLevel(nn.Module):
             )
         self.head = RegistrationHead(d, width)
 
-    def forward(
-        self,
-        fixed: torch.Tensor,
-        moving: torch.Tensor,
-        coarser: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, coarser: Level | None) -> Level:
         field_up = None
         if coarser is not None:
             field_up = resize_flow(coarser[1], fixed.shape[2:])  # (B, d, *S), values x2
