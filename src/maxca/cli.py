@@ -375,6 +375,15 @@ class _UsageError(Exception):
     """A combination of options argparse cannot express; reported as a usage error (exit 2)."""
 
 
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name`` (``kwargs`` as for ``add_parser``) that runs ``func``."""
+    command: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``maxca`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
@@ -388,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    reg = sub.add_parser(
+    reg = _command(
+        sub,
         "register",
+        _cmd_register,
         help="register a pair (or a Learn2Reg pair list) with a trained model",
         description="Register moving to fixed; writes warped image/labels, voxel flow, ITK field.",
     )
@@ -456,10 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress bar for --refine (stderr, terminals)"
     )
     reg.add_argument("--overwrite", action="store_true", help="replace results in --out")
-    reg.set_defaults(func=_cmd_register)
 
-    ev = sub.add_parser(
+    ev = _command(
+        sub,
         "evaluate",
+        _cmd_evaluate,
         help="score a flow, or a folder of Learn2Reg disp_FFFF_MMMM files",
         description="Dice, HD95, folding, SDlogJ (and TRE) of registrations given as flows.",
     )
@@ -482,21 +494,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--l2r-compat", action="store_true", help="Learn2Reg script definitions")
     ev.add_argument("--out", help="write pairs/*.csv, summary.json and summary.md here")
     ev.add_argument("--overwrite", action="store_true", help="replace results in --out")
-    ev.set_defaults(func=_cmd_evaluate)
 
-    show = sub.add_parser(
+    show = _command(
+        sub,
         "show",
+        _cmd_show,
         help="draw the overview figure of a register results folder",
         description="Draw figure.png for a folder written by 'maxca register'.",
     )
     show.add_argument("results", help="results folder of one pair")
     show.add_argument("--out", help="PNG file (default RESULTS/figure.png)")
-    show.set_defaults(func=_cmd_show)
 
     from maxca.training.config import format_config_reference
 
-    train = sub.add_parser(
+    train = _command(
+        sub,
         "train",
+        _cmd_train,
         help="train a model from a YAML config",
         description="Train from CONFIG; key=value pairs override config entries.",
         epilog="config keys:\n" + format_config_reference(),
@@ -510,10 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train into an existing folder that is not a maxca run (replaces its "
         "config.yaml and metrics.csv)",
     )
-    train.set_defaults(func=_cmd_train)
 
-    example = sub.add_parser(
+    example = _command(
+        sub,
         "example-data",
+        _cmd_example_data,
         help="write a small Learn2Reg dataset to try the commands on",
         description="Write a small Learn2Reg dataset (dataset.json, imagesTr, labelsTr, "
         "registration_val pairs) made offline from the MNI152 template in nilearn's wheel: "
@@ -525,25 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     example.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     example.add_argument("--overwrite", action="store_true", help="replace an earlier dataset")
-    example.set_defaults(func=_cmd_example_data)
 
-    config = sub.add_parser(
+    config = _command(
+        sub,
         "config",
+        _cmd_config,
         help="list every training config key with its default and meaning",
         description="Print the training config reference (every key, default, meaning).",
     )
     config.add_argument("--show", action="store_true", help="print the table (the default)")
-    config.set_defaults(func=_cmd_config)
 
-    models = sub.add_parser(
+    _command(
+        sub,
         "models",
+        _cmd_models,
         help="list the packaged trained models, architectures and attention kinds",
         description="Packaged models work offline: maxca register --model brain ...",
     )
-    models.set_defaults(func=_cmd_models)
 
-    demo = sub.add_parser(
+    demo = _command(
+        sub,
         "demo",
+        _cmd_demo,
         help="train and evaluate a small model on the bundled data",
         description="A short end-to-end demo (training, registration, figures).",
     )
@@ -553,7 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=_positive_float, help="time budget in minutes")
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"))
     demo.add_argument("--seed", type=int, help="random seed")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

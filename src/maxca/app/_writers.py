@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from maxca._atomic import atomic_path
-from maxca.data.io import Volume
+from maxca.data.io import Volume, nifti_image_with_header
 from maxca.errors import MaxcaInputError
 from maxca.inference.export import VOXEL_FLOW_DESCRIP
 
@@ -67,21 +67,7 @@ def _vector_image(field: np.ndarray, affine: np.ndarray, header: Any = None) -> 
     channels_last = np.moveaxis(field, 0, -1).astype(np.float32, copy=False)
     spatial = channels_last.shape[:-1] + (1,) * (3 - d)
     arr = np.ascontiguousarray(channels_last.reshape(*spatial, 1, d))
-    if isinstance(header, nib.Nifti1Header):
-        hdr = header.copy()
-        sform_code = int(hdr["sform_code"]) or 1
-        qform_code = int(hdr["qform_code"]) or 1
-    else:
-        hdr = nib.Nifti1Header()
-        hdr.set_xyzt_units("mm")
-        sform_code = qform_code = 1
-    hdr.set_data_dtype(np.float32)
-    hdr.set_slope_inter(np.nan, np.nan)
-    hdr.set_intent("vector")
-    image = nib.Nifti1Image(arr, affine, header=hdr)
-    image.set_sform(affine, code=sform_code)
-    image.set_qform(affine, code=qform_code)
-    return image
+    return nifti_image_with_header(arr, affine, header, intent="vector")
 
 
 def write_voxel_flow_fast(

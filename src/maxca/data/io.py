@@ -426,7 +426,17 @@ def _atomic_write(path: Path, ext: str, writer: Any) -> None:
 def _nifti_image(
     arr: np.ndarray, affine: np.ndarray, like: Volume | None, intent: str = "none"
 ) -> nib.Nifti1Image:
-    base = like.header if like is not None else None
+    return nifti_image_with_header(arr, affine, like.header if like is not None else None, intent)
+
+
+def nifti_image_with_header(
+    arr: np.ndarray, affine: np.ndarray, base: Any = None, intent: str = "none"
+) -> nib.Nifti1Image:
+    """``arr`` as a NIfTI image with ``affine`` as sform and qform and ``intent``.
+
+    A NIfTI ``base`` header is copied (its sform/qform codes kept, 1 where unset, its data
+    scaling dropped); any other ``base`` gives a fresh header in mm with codes 1. The data type
+    is ``arr``'s."""
     if isinstance(base, nib.Nifti1Header):
         header = base.copy()
         sform_code = int(header["sform_code"]) or 1

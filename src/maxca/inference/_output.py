@@ -47,22 +47,26 @@ def _check_writable(out: Path) -> None:
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    reason = _probe_folder(parent)
+    if reason is not None:
+        raise MaxcaInputError(
+            f"output folder is not writable: {out} (cannot create files in {parent}: {reason})"
+        )
+    if out.is_dir():
+        reason = _probe_folder(out)
+        if reason is not None:
+            raise MaxcaInputError(f"output folder is not writable: {out} ({reason})")
+
+
+def _probe_folder(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (``None`` when one can): makes and removes a
+    temporary folder there."""
     try:
-        probe = tempfile.mkdtemp(prefix=".maxca-probe-", dir=parent)
+        probe = tempfile.mkdtemp(prefix=".maxca-probe-", dir=folder)
         os.rmdir(probe)
     except OSError as exc:
-        raise MaxcaInputError(
-            f"output folder is not writable: {out} (cannot create files in {parent}: "
-            f"{exc.strerror or exc})"
-        ) from None
-    if out.is_dir():
-        try:
-            probe = tempfile.mkdtemp(prefix=".maxca-probe-", dir=out)
-            os.rmdir(probe)
-        except OSError as exc:
-            raise MaxcaInputError(
-                f"output folder is not writable: {out} ({exc.strerror or exc})"
-            ) from None
+        return str(exc.strerror or exc)
+    return None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -53,7 +53,7 @@ from maxca.models._blocks import ChannelLayerNorm, attention_or_identity
 from maxca.models._registry import register_model
 from maxca.models.base import ModelConfig, RegistrationModel, as_choice, as_int
 from maxca.models.heads import RegistrationHead
-from maxca.models.pyramid import _EncoderLevel
+from maxca.models.pyramid import Level, coarse_to_fine, shared_encoder
 from maxca.spatial import correlation, integrate_velocity, warp
 
 __all__ = ["CorrMAXCAConfig", "CorrMAXCANet", "upsample_flow_corners"]
@@ -189,12 +189,7 @@ class _DecoderLevel(nn.Module):
     def _stage2(self, x: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
         return self.block2(x, self.up(coarser))
 
-    def forward(
-        self,
-        fixed: torch.Tensor,
-        moving: torch.Tensor,
-        coarser: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, coarser: Level | None) -> Level:
         ckpt = self.use_checkpoint
         if coarser is None:
             x = maybe_checkpoint(self.block1, fixed, moving, enabled=ckpt)
@@ -218,10 +213,7 @@ class CorrMAXCANet(RegistrationModel):
     def __init__(self, config: CorrMAXCAConfig) -> None:
         super().__init__(config)
         d, n, enc = config.spatial_dims, config.levels, config.enc_widths()
-        self.encoder = nn.ModuleList(
-            _EncoderLevel(d, config.in_channels if lv == 0 else enc[lv - 1], enc[lv], lv > 0)
-            for lv in range(n)
-        )
+        self.encoder = shared_encoder(d, config.in_channels, enc)
         # decoder[l] works at level l; it runs from l = n-1 (coarsest) down to 0
         self.decoder = nn.ModuleList(
             _DecoderLevel(config, lv, coarsest=lv == n - 1) for lv in range(n)
@@ -232,17 +224,4 @@ class CorrMAXCANet(RegistrationModel):
         return 2 ** (self.config.levels - 1)
 
     def predict_field(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        b = fixed.shape[0]
-        x = torch.cat([fixed, moving], dim=0)  # (2B, C, *P): one pass of the shared encoder
-        feats = []
-        for level in self.encoder:
-            x = maybe_checkpoint(level, x, enabled=self.config.checkpoint)
-            feats.append(x)  # level l: (2B, e_l, *P / 2**l)
-        del x
-        coarser = None
-        for lv in reversed(range(len(self.decoder))):
-            feat = feats.pop()  # level lv; dropped from the list once used
-            coarser = self.decoder[lv](feat[:b], feat[b:], coarser)
-            del feat
-        assert coarser is not None
-        return coarser[1]  # (B, d, *P)
+        return coarse_to_fine(self.encoder, self.decoder, fixed, moving, self.config.checkpoint)

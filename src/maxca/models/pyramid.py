@@ -54,6 +54,7 @@ for global self-attention there is refused with a ``MaxcaInputError`` naming the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -120,6 +121,10 @@ class PyramidConfig(ModelConfig):
 # ---------------------------------------------------------------------------------------------
 # blocks
 # ---------------------------------------------------------------------------------------------
+Level = tuple[torch.Tensor, torch.Tensor]
+"""What one decoder level returns: ``(features (B, D, *S), field (B, d, *S))``."""
+
+
 class _EncoderLevel(nn.Module):
     """``[AvgPool x2] -> 2 x (3^d conv -> LeakyReLU -> InstanceNorm)``: ``(B, Cin, *S) ->
     (B, Cout, *S / 2**pool)``."""
@@ -166,12 +171,7 @@ class _DecoderLevel(nn.Module):
             )
         self.head = RegistrationHead(d, width)
 
-    def forward(
-        self,
-        fixed: torch.Tensor,
-        moving: torch.Tensor,
-        coarser: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, coarser: Level | None) -> Level:
         field_up = None
         if coarser is not None:
             field_up = resize_flow(coarser[1], fixed.shape[2:])  # (B, d, *S), values x2
@@ -222,10 +222,7 @@ class PyramidNet(RegistrationModel):
         super().__init__(config)
         d, c, n = config.spatial_dims, config.enc_channels, config.levels
         widths = [c * 2**lv for lv in range(n)]
-        self.encoder = nn.ModuleList(
-            _EncoderLevel(d, config.in_channels if lv == 0 else widths[lv - 1], widths[lv], lv > 0)
-            for lv in range(n)
-        )
+        self.encoder = shared_encoder(d, config.in_channels, widths)
         # decoder[l] works at level l; it runs from l = n-1 (coarsest) down to 0
         self.decoder = nn.ModuleList(
             _DecoderLevel(config, lv, widths[lv], coarsest=lv == n - 1) for lv in range(n)
@@ -236,18 +233,44 @@ class PyramidNet(RegistrationModel):
         return 2 ** (self.config.levels - 1)
 
     def predict_field(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        b = fixed.shape[0]
-        x = torch.cat([fixed, moving], dim=0)  # (2B, C, *P): one pass of the shared encoder
-        feats = []
-        for level in self.encoder:
-            x = maybe_checkpoint(level, x, enabled=self.config.checkpoint)
-            feats.append(x)  # level l: (2B, c * 2**l, *P / 2**l)
-        coarser = None
-        for lv in reversed(range(len(self.decoder))):
-            fixed_feat, moving_feat = feats[lv][:b], feats[lv][b:]
-            coarser = self.decoder[lv](fixed_feat, moving_feat, coarser)
-        assert coarser is not None
-        return coarser[1]  # (B, d, *P)
+        return coarse_to_fine(self.encoder, self.decoder, fixed, moving, self.config.checkpoint)
+
+
+def shared_encoder(d: int, in_channels: int, widths: Sequence[int]) -> nn.ModuleList:
+    """The encoder levels shared by fixed and moving: level ``l`` maps ``widths[l - 1]``
+    channels (``in_channels`` at level 0) to ``widths[l]``, halving the size from level 1."""
+    return nn.ModuleList(
+        _EncoderLevel(d, in_channels if lv == 0 else widths[lv - 1], widths[lv], lv > 0)
+        for lv in range(len(widths))
+    )
+
+
+def coarse_to_fine(
+    encoder: nn.ModuleList,
+    decoder: nn.ModuleList,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    checkpoint: bool,
+) -> torch.Tensor:
+    """The flow ``(B, d, *P)`` of a dual-stream pyramid.
+
+    ``fixed`` and ``moving`` ``(B, C, *P)`` go through ``encoder`` in one pass (stacked on the
+    batch axis); ``decoder[l]`` takes the level-``l`` features of both and the result of
+    ``decoder[l + 1]`` (``None`` at the coarsest level) and returns ``(features, flow)``."""
+    b = fixed.shape[0]
+    x = torch.cat([fixed, moving], dim=0)  # (2B, C, *P): one pass of the shared encoder
+    feats = []
+    for level in encoder:
+        x = maybe_checkpoint(level, x, enabled=checkpoint)
+        feats.append(x)  # level l: (2B, e_l, *P / 2**l)
+    del x
+    coarser = None
+    for lv in reversed(range(len(decoder))):
+        feat = feats.pop()  # level lv; dropped from the list once used
+        coarser = decoder[lv](feat[:b], feat[b:], coarser)
+        del feat
+    assert coarser is not None
+    return coarser[1]  # (B, d, *P)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 from matplotlib import colormaps
@@ -27,6 +28,9 @@ from matplotlib.lines import Line2D
 from maxca.errors import MaxcaInputError
 from maxca.metrics._common import ArrayLike, as_flow, as_numpy, as_spacing, atomic_path, shape_str
 from maxca.metrics.jacobian import jacobian_determinant_array
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "COLUMNS",
@@ -232,20 +236,27 @@ def _grid(ax: Axes, ua: np.ndarray, ub: np.ndarray, aspect: float) -> None:
     ax.set_facecolor("white")
 
 
+class FigureOptions(TypedDict, total=False):
+    """The keyword options :func:`registration_figure` passes on to
+    :func:`build_registration_figure` (defaults and meaning there)."""
+
+    fixed_label: ArrayLike | None
+    warped_label: ArrayLike | None
+    moving_label: ArrayLike | None
+    title: str | None
+    spacing: Sequence[float] | None
+    panel_size: float
+    dpi: int
+    affine: np.ndarray | None
+
+
 def registration_figure(
     fixed: ArrayLike,
     moving: ArrayLike,
     warped: ArrayLike,
     flow: ArrayLike,
     path: str | os.PathLike[str],
-    fixed_label: ArrayLike | None = None,
-    warped_label: ArrayLike | None = None,
-    moving_label: ArrayLike | None = None,
-    title: str | None = None,
-    spacing: Sequence[float] | None = None,
-    panel_size: float = 2.0,
-    dpi: int = 100,
-    affine: np.ndarray | None = None,
+    **options: Unpack[FigureOptions],
 ) -> Path:
     """Draw fixed, moving, warped, differences, labels, deformation grid and ``det J`` to a PNG.
 
@@ -267,6 +278,7 @@ def registration_figure(
         warped: ``(*S)`` moving image warped onto the fixed grid.
         flow: ``(d, *S)`` voxel displacement (``(1, d, *S)`` accepted), ``d`` = 2 or 3.
         path: the PNG file to write; its folder must exist.
+        options: by keyword, those of :func:`build_registration_figure`:
         fixed_label: optional ``(*S)`` fixed label map.
         warped_label: optional ``(*S)`` warped moving label map.
         moving_label: optional ``(*S)`` moving label map.
@@ -285,13 +297,9 @@ def registration_figure(
         raise MaxcaInputError(f"path must end in .png, got {str(target)!r}")
     if not target.parent.is_dir():
         raise MaxcaInputError(f"output folder must exist, got {str(target.parent)!r}")
-    fig = build_registration_figure(
-        fixed, moving, warped, flow,
-        fixed_label=fixed_label, warped_label=warped_label, moving_label=moving_label,
-        title=title, spacing=spacing, panel_size=panel_size, dpi=dpi, affine=affine,
-    )  # fmt: skip
+    fig = build_registration_figure(fixed, moving, warped, flow, **options)
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
     return target
 
 
