@@ -54,3 +54,25 @@ def test_similarity_needs_shared_contrast(tiny_overrides: list[str]) -> None:
          "data.synth_contrast=shared"],
     )  # fmt: skip
     assert cfg.loss.weights.similarity > 0 and cfg.data.synth_contrast == "shared"
+
+
+def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(
+    tiny_overrides: list[str],
+) -> None:
+    """A model.json without a field added later (here ``drop``) resumes with its default."""
+    import json
+
+    cfg = load_config(TINY_CONFIG, [*tiny_overrides, "budget.steps=2", "val_every=0"])
+    run = Path(Trainer(cfg).fit())
+    meta_path = run / "checkpoints" / "last" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    assert "drop" in meta["model"]
+    del meta["model"]["drop"]  # as written by maxca before the field existed
+    meta_path.write_text(json.dumps(meta))
+    resumed = load_config(
+        TINY_CONFIG, [*tiny_overrides, "budget.steps=3", "val_every=0", "resume=true"]
+    )
+    trainer = Trainer(resumed)
+    assert trainer.progress.step == 2
+    trainer.fit()
+    assert trainer.progress.step == 3

@@ -478,7 +478,10 @@ class Trainer:
     def _load_weights(self, ckpt: Path) -> None:
         saved, info = load_checkpoint(ckpt)
         mine = _listed(self.module.config_dict())
-        theirs = _listed(dict(info.model_config))
+        # the checkpoint's model as rebuilt (fields added since it was saved take their
+        # defaults), so a checkpoint of an older release resumes
+        rebuilt = getattr(saved, "config_dict", None)
+        theirs = _listed(rebuilt() if callable(rebuilt) else dict(info.model_config))
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise MaxcaInputError(
