@@ -395,6 +395,19 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
+def append_csv_row(path: str | os.PathLike[str], row: Mapping[str, Any]) -> Path:
+    """Append one row to a CSV file (header written when the file is new)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    return path
+
+
 def write_csv(
     path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 ) -> Path:

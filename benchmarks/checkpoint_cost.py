@@ -11,11 +11,12 @@ appends a row to ``benchmarks/results/corrmaxca/checkpoint_cost.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _common import append_csv_row  # benchmarks/ is the script's folder
 
 OUT = Path(__file__).resolve().parent / "results" / "corrmaxca" / "checkpoint_cost.csv"
 
@@ -68,13 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_csv_row(args.out, row)
     return 0
 
 

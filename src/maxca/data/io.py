@@ -454,6 +454,18 @@ def nifti_image_with_header(
     return img
 
 
+def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A scalar SimpleITK image of ``array`` (``(*S)``, our voxel order) with the geometry of the
+    RAS ``affine`` (converted to ITK's LPS spacing, origin and direction)."""
+    arr = np.asarray(array)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose()), isVector=False)
+    spacing, origin, direction = _sitk_geometry(affine, arr.ndim)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
 def write_volume(
     path: str | os.PathLike[str],
     array: Any,
@@ -501,14 +513,9 @@ def write_volume(
             nib.save(img, str(tmp))
 
     else:
-        spacing, origin, direction = _sitk_geometry(affine, arr.ndim)
 
         def writer(tmp: Path) -> None:
-            simg = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose()), isVector=False)
-            simg.SetSpacing(spacing)
-            simg.SetOrigin(origin)
-            simg.SetDirection(direction)
-            sitk.WriteImage(simg, str(tmp), useCompression=True)
+            sitk.WriteImage(sitk_image(arr, affine), str(tmp), useCompression=True)
 
     _atomic_write(path, ext, writer)
     return path

@@ -130,6 +130,12 @@ def deform_label_map(
     return warped[0, 0].round().to(label.dtype)
 
 
+def _label_index(label: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``(*S)`` position of each voxel's label value in the sorted ``ids`` (which hold them all)."""
+    flat = label.reshape(-1).to(torch.int64).contiguous()
+    return torch.bucketize(flat, ids.to(torch.int64)).reshape(label.shape)
+
+
 def random_label_intensities(
     label: torch.Tensor,
     config: LabelSynthConfig,
@@ -157,8 +163,7 @@ def random_label_intensities(
     stds = config.std_max * torch.rand(n, generator=generator)
     if int(ids[0]) == 0 and _u(generator) < config.p_dark_background:
         means[0], stds[0] = 0.0, 0.0
-    index = torch.bucketize(label.reshape(-1).to(torch.int64).contiguous(), ids.to(torch.int64))
-    index = index.reshape(label.shape)
+    index = _label_index(label, ids)
     noise = torch.randn(label.shape, generator=noise_generator or generator)
     return (means[index] + stds[index] * noise).to(torch.float32)
 
@@ -340,8 +345,7 @@ def fixed_contrast_image(
     g = as_generator(generator)
     ids = torch.unique(label)
     values = torch.tensor([float(table.get(int(i), default)) for i in ids])
-    index = torch.bucketize(label.reshape(-1).to(torch.int64).contiguous(), ids.to(torch.int64))
-    image = values[index].reshape(label.shape)
+    image = values[_label_index(label, ids)]
     if blur > 0:
         image = gaussian_blur(image, blur)
     image = image + noise * torch.randn(label.shape, generator=g)

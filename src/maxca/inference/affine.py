@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maxca.data.io import Volume, _sitk_geometry, ras_lps_flip
+from maxca.data.io import Volume, ras_lps_flip, sitk_image
 from maxca.errors import MaxcaInputError
 from maxca.inference.register import RegistrationResult
 
@@ -56,16 +56,7 @@ class AffineResult:
 
 
 def _to_sitk(volume: Volume):  # noqa: ANN202 - SimpleITK image
-    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
-
-    d = volume.ndim
-    array = np.asarray(volume.array, dtype=np.float32)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(*range(d - 1, -1, -1))))
-    spacing, origin, direction = _sitk_geometry(volume.affine, d)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    return image
+    return sitk_image(np.asarray(volume.array, dtype=np.float32), volume.affine)
 
 
 def _lps_matrix(transform, d: int) -> np.ndarray:  # noqa: ANN001 - sitk transform
