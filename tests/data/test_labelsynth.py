@@ -93,6 +93,11 @@ def test_deformation_keeps_label_values_and_moves_boundaries() -> None:
     assert set(torch.unique(out).tolist()) <= set(torch.unique(label).tolist())
     changed = float((out != label).float().mean())
     assert 0.005 < changed < 0.5
+    # integrated on a grid every 2 voxels: nearly the same label map from the same draw
+    g = torch.Generator().manual_seed(0)
+    coarse = deform_label_map(label, 3.0, 8.0, g, integration_step=2)
+    assert set(torch.unique(coarse).tolist()) <= set(torch.unique(label).tolist())
+    assert float((coarse != out).float().mean()) < 0.25 * changed
 
 
 def test_gaussian_blur_matches_scipy_and_keeps_constants() -> None:
@@ -157,6 +162,8 @@ def test_bad_inputs() -> None:
         LabelSynthConfig(p_thick=1.5)
     with pytest.raises(MaxcaInputError, match="thick_max"):
         LabelSynthConfig(thick_max=0.5)
+    with pytest.raises(MaxcaInputError, match="deform_integration_step"):
+        LabelSynthConfig(deform_integration_step=0)
 
 
 # ---------------------------------------------------------------------------------------------

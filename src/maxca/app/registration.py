@@ -501,6 +501,7 @@ def _register_checked(
     refine_steps: int,
     progress: bool,
     affine: bool = False,
+    precision: str = "fp32",
 ) -> RegistrationResult:
     """:func:`_register` with a bad geometry reported as bad input, not a crash, and the
     ``--refine`` progress bar."""
@@ -508,7 +509,18 @@ def _register_checked(
     options = {"progress": True} if progress and refine_steps else None
     try:
         return _register(
-            model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, affine, options
+            model,
+            info,
+            f,
+            m,
+            ml,
+            fl,
+            device,
+            diffeomorphic,
+            refine_steps,
+            affine,
+            options,
+            precision,
         )
     except np.linalg.LinAlgError as exc:
         raise MaxcaInputError(
@@ -535,10 +547,13 @@ def _register(
     refine_steps: int,
     affine: bool,
     refine_options: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> RegistrationResult:
     """:func:`register_pair`, after an affine pre-alignment of ``m`` (and ``ml``) to ``f``
     when ``affine`` (:mod:`maxca.inference.affine`); the result then holds the total flow."""
-    opts = {"refine_options": refine_options} if refine_options else {}
+    opts: dict[str, Any] = {"precision": precision}
+    if refine_options:
+        opts["refine_options"] = refine_options
     if not affine:
         return register_pair(model, info, f, m, ml, fl, device, diffeomorphic, refine_steps, **opts)
     t0 = time.perf_counter()
@@ -575,6 +590,7 @@ def register_files(
     compress: bool = False,
     max_memory_gb: float | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> PairReport:
     """Register one pair of image files and write the results folder ``out``.
 
@@ -596,6 +612,8 @@ def register_files(
         max_memory_gb: memory budget in GB (default: the memory available now); the estimate
             is checked from the file headers before any data is read.
         progress: show a progress bar for ``refine_steps`` (stderr, only on a terminal).
+        precision: ``"fp32"`` or ``"bf16"`` (the network's forward under bfloat16 autocast;
+            see :func:`~maxca.inference.register.register_pair`).
         affine: align the moving image affinely first (SimpleITK, any contrast; for inputs
             that are not roughly aligned); writes ``affine.mat`` and the deformable field too.
 
@@ -616,7 +634,7 @@ def register_files(
     _check_geometry(inputs[1], "moving", moving)
     _warn_if_constant(inputs[1], "moving", moving)
     result = _register_checked(
-        model, info, inputs, device, diffeomorphic, refine_steps, progress, affine
+        model, info, inputs, device, diffeomorphic, refine_steps, progress, affine, precision
     )
     metrics = pair_metrics(result, labels)
     record = {
@@ -656,6 +674,7 @@ def register_dataset(
     compress: bool = False,
     max_memory_gb: float | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> list[PairReport]:
     """Register every pair of a Learn2Reg pair list into ``out`` (Learn2Reg submission layout).
 
@@ -668,8 +687,8 @@ def register_dataset(
     Args:
         on_pair: called as ``on_pair(index, total, report)`` after each pair (for progress).
         outputs: as :func:`register_files`, plus ``l2r`` (default: all five).
-        compress, max_memory_gb, progress: as :func:`register_files` (the memory of every pair
-            is checked before the first one is registered).
+        compress, max_memory_gb, progress, precision: as :func:`register_files` (the memory
+            of every pair is checked before the first one is registered).
         affine: affine pre-alignment of every pair (see :func:`register_files`).
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else load_learn2reg(dataset)
@@ -698,7 +717,15 @@ def register_dataset(
             _warn_if_constant(inputs[1], "moving", moving)
             f = inputs[0]
             result = _register_checked(
-                model, info, inputs, device, diffeomorphic, refine_steps, progress, affine
+                model,
+                info,
+                inputs,
+                device,
+                diffeomorphic,
+                refine_steps,
+                progress,
+                affine,
+                precision,
             )
             metrics, scores = _score(result, labels, name)
             record = {
