@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad or "eager-fp32" not in variants:
         p.error(f"--variants: choose among {VARIANTS}, eager-fp32 included (got {variants})")
     torch.set_num_threads(args.threads)
+    # fp32 and bf16 compiled graphs of the same functions share Dynamo's per-code cache (8
+    # entries by default): without a larger limit the bf16 variant falls back to eager
+    torch._dynamo.config.recompile_limit = 64
 
     base, info = load_model(args.model)
     models: dict[str, torch.nn.Module] = {}

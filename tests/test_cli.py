@@ -349,3 +349,32 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("maxca: error: file not found") and proc.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_register_precision_bf16_close_to_fp32(files, tmp_path, capsys):
+    """--precision bf16 runs the network under bfloat16 autocast: float32 outputs on the same
+    grid, a flow within bf16 rounding of the fp32 one; an unknown precision is refused."""
+    assert _run(_register_args(files, tmp_path / "fp32")) == 0
+    assert _run([*_register_args(files, tmp_path / "bf16"), "--precision", "bf16"]) == 0
+    f32 = nib.load(str(tmp_path / "fp32" / "flow_voxel.nii.gz")).get_fdata()
+    b16 = nib.load(str(tmp_path / "bf16" / "flow_voxel.nii.gz"))
+    assert b16.get_data_dtype() == np.float32 and b16.shape == f32.shape
+    diff = np.abs(b16.get_fdata() - f32)
+    assert np.abs(f32).max() > 0  # a real field, not the zero flow
+    assert diff.max() <= 0.05 * np.abs(f32).max() + 1e-3
+    capsys.readouterr()
+    assert _run([*_register_args(files, tmp_path / "x"), "--precision", "fp16"]) == 2
+    assert "precision" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_register_pair_refuses_an_unknown_precision(files):
+    from maxca.app import load_model
+    from maxca.data.io import read_volume
+    from maxca.errors import MaxcaInputError
+    from maxca.inference.register import register_pair
+
+    model, info = load_model(files["run"])
+    f, m = read_volume(files["fixed"], "image"), read_volume(files["moving"], "image")
+    with pytest.raises(MaxcaInputError, match="precision must be one of"):
+        register_pair(model, info, f, m, precision="fp16")

@@ -192,6 +192,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "max_memory_gb": args.max_memory,
         "progress": not args.quiet,
         "affine": affine,
+        "precision": args.precision,
     }
     if args.dataset is None:
         report = register_files(
@@ -441,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="affine pre-alignment of moving to fixed (SimpleITK, any contrast) before the "
         "network; writes affine.mat and the deformable field too (default: on for packaged "
         "models that ask for it, e.g. brain; off otherwise)",
+    )
+    reg.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: run the network under bfloat16 autocast (faster on CPUs with AVX512-BF16 "
+        "or AMX and on recent GPUs; Dice within 0.002 of fp32 on the brain validation pairs, "
+        "docs/benchmarks.md 2c); the flow, resampling and outputs stay float32 (default fp32)",
     )
     reg.add_argument("--png", action="store_true", help="also write figure.png")
     reg.add_argument(

@@ -33,7 +33,7 @@ from maxca.metrics._common import (
     finite_or_none,
     shape_str,
 )
-from maxca.metrics.jacobian import jacobian_determinant, njd_percent_of, sdlogj_of
+from maxca.metrics.jacobian import jacobian_determinant_array, njd_percent_of, sdlogj_of
 from maxca.metrics.landmarks import read_landmarks_csv, tre
 from maxca.metrics.overlap import dice, hd95
 
@@ -208,7 +208,7 @@ def evaluate_pair(
             labels=labs,
         )
     else:
-        det = jacobian_determinant(u)  # once for both folding and SDlogJ
+        det = jacobian_determinant_array(u)  # once for both folding and SDlogJ
         result = PairResult(
             dice=dice(fixed, warped, labs),
             hd95=hd95(fixed, warped, labs, sp) if with_hd95 else {lab: math.nan for lab in labs},
