@@ -378,3 +378,24 @@ def test_register_pair_refuses_an_unknown_precision(files):
     f, m = read_volume(files["fixed"], "image"), read_volume(files["moving"], "image")
     with pytest.raises(MaxcaInputError, match="precision must be one of"):
         register_pair(model, info, f, m, precision="fp16")
+
+
+def test_register_compile_wraps_the_loaded_model(files, tmp_path, monkeypatch):
+    """--compile hands the loaded network to maxca.accel.compile_model and registers with what
+    it returns (here a stand-in that records the call: compiling for real takes minutes)."""
+    import maxca.accel
+
+    seen: list[torch.nn.Module] = []
+
+    def fake_compile(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+        seen.append(model)
+        return model
+
+    monkeypatch.setattr(maxca.accel, "compile_model", fake_compile)
+    assert _run(_register_args(files, tmp_path / "plain")) == 0
+    assert seen == []
+    assert _run([*_register_args(files, tmp_path / "comp"), "--compile"]) == 0
+    assert len(seen) == 1 and isinstance(seen[0], torch.nn.Module)
+    a = nib.load(str(tmp_path / "plain" / "flow_voxel.nii.gz")).get_fdata()
+    b = nib.load(str(tmp_path / "comp" / "flow_voxel.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(a, b)

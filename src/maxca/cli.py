@@ -179,6 +179,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if value is not None and not Path(value).exists():
             raise MaxcaInputError(f"file not found: {value}")
     model, info = load_model(args.model, args.device)
+    if args.compile:
+        from maxca.accel import compile_model
+
+        model = compile_model(model)
     _, packaged = resolve_model(args.model)
     affine = args.affine if args.affine is not None else bool(packaged and packaged.affine)
     options = {
@@ -450,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16: run the network under bfloat16 autocast (faster on CPUs with AVX512-BF16 "
         "or AMX and on recent GPUs; Dice within 0.002 of fp32 on the brain validation pairs, "
         "docs/benchmarks.md 2c); the flow, resampling and outputs stay float32 (default fp32)",
+    )
+    reg.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network first (Inductor; on CPU it needs g++): same results, "
+        "but the compilation takes minutes, so it pays off only over many pairs (--dataset); "
+        "docs/benchmarks.md 2c",
     )
     reg.add_argument("--png", action="store_true", help="also write figure.png")
     reg.add_argument(
