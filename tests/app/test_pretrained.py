@@ -126,6 +126,24 @@ def test_register_with_the_packaged_model_prealigns_by_default(packaged, tmp_pat
         diff = np.abs(ref - warped)[inside]
         assert diff.mean() < 5e-3 and np.percentile(diff, 99) < 5e-2
 
+    # ANTs (antsApplyTransforms through ANTsPy, the `test` extra installs it): the composed
+    # field, and the chain in ANTs' order (deformable listed first); the reversed chain is not it
+    import ants
+
+    f_ants, m_ants = ants.image_read(str(f_path)), ants.image_read(str(m_path))
+    chains = {
+        "composed": [out / "disp_itk.nii.gz"],
+        "chain": [out / "disp_deformable_itk.nii.gz", out / "affine.mat"],
+        "reversed": [out / "affine.mat", out / "disp_deformable_itk.nii.gz"],
+    }
+    errors = {}
+    for name, tl in chains.items():
+        res = ants.apply_transforms(f_ants, m_ants, transformlist=[str(t) for t in tl]).numpy()
+        errors[name] = np.abs(res - warped)[inside]
+    for name in ("composed", "chain"):
+        assert errors[name].mean() < 5e-3 and np.percentile(errors[name], 99) < 5e-2, name
+    assert errors["reversed"].mean() > 10 * errors["chain"].mean()
+
     plain = tmp_path / "plain"  # --no-affine: no pre-alignment, no affine files
     assert main([*args, "--out", str(plain), "--device", "cpu", "--no-affine"]) == 0
     assert json.loads((plain / "registration.json").read_text())["affine"] is None

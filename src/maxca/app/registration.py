@@ -8,7 +8,9 @@ One pair (:func:`register_files`) writes into ``DIR``::
     disp_itk.nii.gz        ITK/ANTs displacement field, LPS mm, on the fixed grid
     affine.mat             with affine pre-alignment: the ITK affine (fixed -> moving points)
     disp_deformable_itk.nii.gz  with pre-alignment: the deformable part alone, so that
-                           ``-t affine.mat -t disp_deformable_itk.nii.gz`` == ``-t disp_itk.nii.gz``
+                           ``-t disp_deformable_itk.nii.gz -t affine.mat`` == ``-t disp_itk.nii.gz``
+                           (antsApplyTransforms order: the point goes through the first listed
+                           transform first)
     metrics.json           Dice before/after, folding, SDlogJ (with fixed + moving labels)
     figure.png             overview figure (with png=True)
     registration.json      inputs, model, model grid, device, timings (used by maxca show)
