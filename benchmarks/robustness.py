@@ -67,6 +67,7 @@ from maxca.app.robustness import (
     load_checkpoint,
     markdown_report,
     model_method,
+    read_csv,
     run_robustness,
     write_outputs,
 )
@@ -143,13 +144,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=OUT, help="output folder")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no per-registration log lines")
+    p.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="CSV",
+        help="register nothing: build robustness.md and the figures in --out from these "
+        "robustness.csv files (rows concatenated, e.g. runs of other pairs or methods)",
+    )
     return p
+
+
+def report_only(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """``--report``: the Markdown report and figures from existing CSV files."""
+    rows: list[dict[str, Any]] = []
+    for path in args.report:
+        if not path.is_file():
+            raise SystemExit(f"robustness.py: error: no such CSV: {path}")
+        rows += read_csv(path)
+    if not rows:
+        raise SystemExit("robustness.py: error: the CSV files hold no rows")
+    command = "python benchmarks/robustness.py " + " ".join(
+        record_arg(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    meta = {
+        "command": f"`{command}`",
+        "built from": ", ".join(f"`{rel(p)}`" for p in args.report),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    write_outputs(args.out, rows, plot=not args.no_plot, meta=meta)
+    print(markdown_report(rows, meta))
+    print(f"wrote {rel(args.out)}/robustness.csv, robustness.md and figures")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns 0."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.report:
+        return report_only(args, argv)
     try:
         corruptions = parse_names(args.corruptions, list(CORRUPTIONS), "corruptions")
         severities = parse_ints(args.severities, "severities")

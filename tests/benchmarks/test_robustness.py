@@ -52,6 +52,25 @@ def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
     assert re.search(r"[`= ]/", md) is None  # paths recorded relative, never absolute
     assert "../" in md
 
+    # --report: the same tables from the CSV alone (here split in two files by pair)
+    names = list(dict.fromkeys(r["pair"] for r in rows))  # in run order
+    parts = []
+    for i, name in enumerate(names):
+        part = tmp_path / f"part{i}.csv"
+        with open(part, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(r for r in rows if r["pair"] == name)
+        parts.append(str(part))
+    merged = tmp_path / "merged"
+    assert robustness.main(["--report", *parts, "--out", str(merged), "--no-plot"]) == 0
+    assert _rows(merged / "robustness.csv") == rows
+    table = md[md.index("## Dice drop") :]
+    merged_md = (merged / "robustness.md").read_text()
+    assert merged_md[merged_md.index("## Dice drop") :] == table
+    with pytest.raises(SystemExit, match="no such CSV"):
+        robustness.main(["--report", str(tmp_path / "nope.csv"), "--out", str(merged)])
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),
