@@ -28,6 +28,7 @@ import hashlib
 import io
 import logging
 import math
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -540,7 +541,8 @@ def plot_corruption(path: str | Path, rows: Sequence[Mapping[str, Any]], corrupt
                 color=f"C{i % 10}",
                 label=m,
             )
-        ax.set_xticks(severities, [f"{s}\n{levels.get(s, '')}" for s in severities], fontsize=6)
+        ticks = [f"{s}\n{textwrap.fill(levels.get(s, ''), 14)}" for s in severities]
+        ax.set_xticks(severities, ticks, fontsize=6)  # level text wrapped: no overlap
         ax.set_xlabel("severity")
         ax.set_title(f"{corruption}: {side} image corrupted", fontsize=9)
         ax.grid(alpha=0.3)
