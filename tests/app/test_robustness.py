@@ -14,7 +14,9 @@ from maxca.app.robustness import (
     Method,
     RobustnessPair,
     affine_method,
+    break_severity,
     corruption_seed,
+    markdown_report,
     model_method,
     run_robustness,
 )
@@ -187,3 +189,29 @@ def test_bad_requests(pairs) -> None:
         RobustnessPair("x", f, f, Volume(fl.array.astype(np.float32), AFFINE), fl)
     with pytest.raises(MaxcaInputError, match="refine_steps must be an integer >= 0"):
         model_method("unused", refine_steps=-1)
+
+
+def test_break_severity_is_the_first_level_beyond_the_drop() -> None:
+    """Known answers on hand-made rows: the first severity more than 0.05 below clean (mean over
+    pairs), None when no level is, and the break table in the report."""
+
+    def rows_for(method: str, dice_by_severity: dict[int, list[float]]) -> list[dict]:
+        return [
+            {"pair": f"p{i}", "corruption": "gaussian_noise", "side": "moving", "method": method,
+             "severity": s, "seed": 0, "dice": d, "hd95": 1.0, "njd_percent": 0.0,
+             "sdlogj": 0.0, "seconds": 0.1, "level": ""}
+            for s, ds in dice_by_severity.items() for i, d in enumerate(ds)
+        ]  # fmt: skip
+
+    rows = rows_for("a", {0: [0.80, 0.70], 1: [0.78, 0.70], 2: [0.74, 0.70], 3: [0.60, 0.60]})
+    # means: 0.75, 0.74, 0.72 (drop 0.03), 0.60 (drop 0.15) -> breaks at 3
+    rows += rows_for("b", {0: [0.70, 0.70], 1: [0.64, 0.64], 2: [0.69, 0.69], 3: [0.5, 0.5]})
+    rows += rows_for("c", {0: [0.70, 0.70], 1: [0.69, 0.69], 2: [0.68, 0.68], 3: [0.66, 0.66]})
+    assert break_severity(rows, "gaussian_noise", "moving", "a") == 3
+    assert break_severity(rows, "gaussian_noise", "moving", "b") == 1
+    assert break_severity(rows, "gaussian_noise", "moving", "c") is None
+    assert break_severity(rows, "gaussian_noise", "moving", "c", drop=0.03) == 3
+    assert break_severity(rows, "gaussian_noise", "fixed", "a") is None  # no such rows
+    md = markdown_report(rows)
+    table = md[md.index("## Where each method breaks") :]
+    assert "| gaussian_noise | moving | 3 (SNR 8) | 1 (SNR 30) | - |" in table

@@ -51,11 +51,13 @@ from maxca.metrics import evaluate_pair
 from maxca.models.checkpoint import load_checkpoint
 
 __all__ = [
+    "BREAK_DROP",
     "CSV_COLUMNS",
     "SIDES",
     "Method",
     "RobustnessPair",
     "affine_method",
+    "break_severity",
     "corruption_seed",
     "markdown_report",
     "model_method",
@@ -455,6 +457,35 @@ def _select(rows: Sequence[Mapping[str, Any]], **keys: Any) -> list[Mapping[str,
     return [r for r in rows if all(r[k] == v for k, v in keys.items())]
 
 
+#: a method "breaks" at the first severity whose mean Dice is this much below its clean Dice
+BREAK_DROP = 0.05
+
+
+def break_severity(
+    rows: Sequence[Mapping[str, Any]],
+    corruption: str,
+    side: str,
+    method: str,
+    drop: float = BREAK_DROP,
+) -> int | None:
+    """The lowest severity ``>= 1`` at which ``method``'s mean Dice (over pairs) is more than
+    ``drop`` below its clean (severity 0) mean Dice for this corruption and side; ``None`` if
+    it never is, or if there is no clean row."""
+    clean, _, n = _stat(_select(rows, corruption=corruption, side=side, method=method, severity=0))
+    if n == 0:
+        return None
+    levels = sorted(
+        {int(r["severity"]) for r in rows if r["corruption"] == corruption and r["side"] == side}
+    )
+    for s in (lv for lv in levels if lv >= 1):
+        mean, _, k = _stat(
+            _select(rows, corruption=corruption, side=side, method=method, severity=s)
+        )
+        if k and clean - mean > drop:
+            return s
+    return None
+
+
 def markdown_report(
     rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
 ) -> str:
@@ -491,6 +522,23 @@ def markdown_report(
                 cells.append(f"{bad - clean:+.3f}")
             lines.append(f"| {c} | {side} | " + " | ".join(cells) + " |")
     lines.append("")
+    if 0 in severities:
+        lines += [
+            f"## Where each method breaks (first severity with Dice more than {BREAK_DROP} "
+            "below its clean Dice)",
+            "",
+            "`-`: not within the severities run.",
+            "",
+        ]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for c in corruptions:
+            for side in sides:
+                cells = []
+                for m in methods:
+                    at = break_severity(rows, c, side, m)
+                    cells.append("-" if at is None else f"{at} ({severity_levels(c)[at]})")
+                lines.append(f"| {c} | {side} | " + " | ".join(cells) + " |")
+        lines.append("")
     for c in corruptions:
         levels = severity_levels(c)
         lines += [f"## {c}", ""]
