@@ -1,0 +1,64 @@
+"""benchmarks/ablation_parallel.py: cells as parallel processes, merged into one report that
+equals the sequential ablation.py run (same seeds, one thread each: deterministic on CPU)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import ablation  # benchmarks/ is put on sys.path by conftest.py
+import ablation_parallel
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_parallel_cells_merge_into_the_sequential_result(tiny_dataset: Path, tmp_path: Path):
+    grid = ["--hosts", "unet", "--attentions", "xca,none", "--seeds", "0"]
+    common = ["--setting", "3d", "--data", str(tiny_dataset), "--steps", "2", "--threads", "1",
+              "--device", "cpu", *grid]  # fmt: skip
+    par = tmp_path / "par"
+    argv = [*common, "--jobs", "2", "--out", str(par), "--", "--small", "--val-every", "1"]
+    assert ablation_parallel.main(argv) == 0
+    seq = tmp_path / "seq"
+    argv = [*common, "--out", str(seq), "--small", "--val-every", "1", "--no-plot"]
+    assert ablation.main(argv) == 0
+
+    par_rows = {(r["host"], r["attention"]): r for r in _rows(par / "ablation.csv")}
+    seq_rows = {(r["host"], r["attention"]): r for r in _rows(seq / "ablation.csv")}
+    assert set(par_rows) == set(seq_rows) == {("unet", "xca"), ("unet", "none")}
+    for key, r in seq_rows.items():
+        assert float(par_rows[key]["dice_mean"]) == pytest.approx(float(r["dice_mean"]), abs=1e-9)
+        assert par_rows[key]["params"] == r["params"]
+    pairs = _rows(par / "ablation_pairs.csv")
+    identity = [r for r in pairs if r["attention"] == "identity"]
+    assert len(identity) == len({r["pair"] for r in identity}) > 0  # the affine-only rows once
+    md = (par / "ablation.md").read_text()
+    assert "| unet | xca |" in md and "| unet | none |" in md
+    assert (par / "ablation_curves.png").stat().st_size > 5_000
+    for cell in ("unet-xca-s0", "unet-none-s0"):
+        assert (par / "cells" / cell / "ablation.log").is_file()
+
+
+def test_options_of_the_launcher_are_refused_after_the_separator(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ablation_parallel.main(["--steps", "2", "--out", str(tmp_path), "--", "--seeds", "1"])
+    assert exc.value.code == 2
+    assert "give --seeds to ablation_parallel.py itself" in capsys.readouterr().err
+    assert not (tmp_path / "cells").exists()
+
+
+def test_2d_slices_are_built_once_before_the_cells(tiny_dataset: Path, tmp_path: Path):
+    out = tmp_path / "par2d"
+    argv = ["--setting", "2d", "--data", str(tiny_dataset), "--steps", "1", "--threads", "1",
+            "--device", "cpu", "--hosts", "unet", "--attentions", "maxca,none", "--seeds", "0",
+            "--jobs", "2", "--out", str(out), "--", "--small", "--slices", "2"]  # fmt: skip
+    assert ablation_parallel.main(argv) == 0
+    assert (out / "data" / "slices.json").is_file()  # the shared cache, built by the launcher
+    assert not any((out / "cells").glob("*/data"))  # no cell built its own copy
+    rows = _rows(out / "ablation.csv")
+    assert {(r["attention"], r["n_pairs"]) for r in rows} == {("maxca", "6"), ("none", "6")}
