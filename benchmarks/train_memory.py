@@ -13,6 +13,15 @@ Prints one line and appends a row to ``benchmarks/results/corrmaxca/train_memory
 backward (every saved tensor's storage counted once, the parameters excluded), in float32
 values per voxel of the input ("channel-equivalents"): a quick way to compare checkpointing
 schemes at a small size.
+
+``--profile-peak`` runs the step under a live-bytes tracker (``benchmarks/_peak.py``) and
+prints, per phase (forward, loss, backward), the peak of live tensor storage, the op at the
+peak and the largest groups of storages alive then; it extrapolates the step's peak resident
+memory to ``--extrapolate-to`` (default 160x192x224): ``baseline + (peak - params - grads) *
+voxel ratio + grads`` (``baseline``: the resident memory of the process after building the
+model, weights included), and appends a row to ``benchmarks/results/corrmaxca/peak_profile.csv``:
+
+    python benchmarks/train_memory.py --size 40x48x56 --checkpoint --profile-peak
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from _common import append_csv_row  # benchmarks/ is the script's folder
 
 OUT = Path(__file__).resolve().parent / "results" / "corrmaxca" / "train_memory.csv"
+PROFILE_OUT = OUT.with_name("peak_profile.csv")
 
 
 def _status_gb(key: str) -> float:
@@ -46,8 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         "--granularity", default=None, help="corrmaxca checkpoint_granularity (stage or block)"
     )
     p.add_argument("--saved-only", action="store_true", help="count the stored activations")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--profile-peak", action="store_true", help="profile live tensor bytes per phase"
+    )
+    p.add_argument("--extrapolate-to", default="160x192x224")
+    p.add_argument("--verbose", action="store_true", help="also list the unscaled peak")
+    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = PROFILE_OUT if args.profile_peak else OUT
 
     import torch
     import torch.nn.functional as F
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             f"float32_values_per_voxel={per_voxel:.1f}"
         )
         return 0
+    if args.profile_peak:
+        return _profile_peak(args, model, fixed, moving, size)
     base = _status_gb("VmRSS")
     t0 = time.perf_counter()
     out = model(fixed, moving)
@@ -97,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention": args.attention,
         "size": args.size,
         "checkpoint": args.checkpoint,
+        "granularity": args.granularity,
         "threads": args.threads,
         "params": count_parameters(model),
         "baseline_gb": round(base, 2),
@@ -108,6 +128,78 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     append_csv_row(args.out, row)
     return 0
+
+
+def _loss(out, fixed):  # noqa: ANN001, ANN202 - the one loss of this script
+    import torch.nn.functional as F
+
+    return F.mse_loss(out.warped, fixed) + out.flow.square().mean()
+
+
+def _profile_peak(args, model, fixed, moving, size) -> int:  # noqa: ANN001
+    """One step under :class:`_peak.LiveBytes`; print per-phase peaks and the extrapolation."""
+    import math
+
+    from _peak import LiveBytes
+
+    target = tuple(int(s) for s in args.extrapolate_to.split("x"))
+    ratio = math.prod(target) / math.prod(size)
+    base = _status_gb("VmRSS") * 1024**3
+    unit = math.prod(n // 2 for n in size)  # voxels of the level-1 grid
+    tracker = LiveBytes(model, ratio=ratio, unit=unit)
+    tracker.add(fixed, moving)
+    try:
+        with tracker:
+            tracker.set_phase("forward")
+            out = model(fixed, moving)
+            tracker.set_phase("loss")
+            loss = _loss(out, fixed)
+            del out
+            tracker.set_phase("backward")
+            loss.backward()
+    finally:
+        tracker.close()
+    gb = 1e9
+    label = f"granularity={args.granularity} checkpoint={args.checkpoint}"
+    print(f"model={args.model} size={args.size} {label} baseline_rss_gb={base / gb:.2f}")
+    worst = 0.0
+    params = tracker_param_bytes(model)
+    for phase, pk in tracker.peaks.items():
+        extra = base + pk.scaled_peak - params  # the baseline holds the weights already
+        worst = max(worst, extra)
+        print(f"  {phase:8s} peak of live tensors {pk.peak / 1e6:9.1f} MB   at: {pk.at}")
+        if args.verbose:
+            for what, nbytes in pk.alive:
+                print(f"      {nbytes / 1e6:9.1f} MB  {what}")
+        print(
+            f"  {phase:8s} scaled to {args.extrapolate_to}: {pk.scaled_peak / gb:.2f} GB of "
+            f"tensors + {(base - params) / gb:.2f} GB process = {extra / gb:.2f} GB   "
+            f"at: {pk.scaled_at}"
+        )
+        for what, nbytes in pk.scaled_alive:
+            print(f"      {nbytes / 1e9:7.2f} GB  {what}")
+        row = {
+            "model": args.model,
+            "size": args.size,
+            "checkpoint": args.checkpoint,
+            "granularity": args.granularity,
+            "phase": phase,
+            "peak_mb": round(pk.peak / 1e6, 1),
+            "scaled_tensors_gb": round(pk.scaled_peak / gb, 3),
+            "baseline_gb": round(base / gb, 2),
+            "extrapolate_to": args.extrapolate_to,
+            "extrapolated_gb": round(extra / gb, 2),
+            "at": pk.scaled_at,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        append_csv_row(args.out, row)
+    print(f"extrapolated step peak at {args.extrapolate_to}: {worst / gb:.2f} GB", flush=True)
+    return 0
+
+
+def tracker_param_bytes(model) -> int:  # noqa: ANN001
+    """Bytes of the model's parameters (already in the baseline resident memory)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 if __name__ == "__main__":
