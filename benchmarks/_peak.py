@@ -32,6 +32,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
+def _status_bytes(key: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 @dataclass
 class PhasePeak:
     """Peak live bytes of one phase, the op that reached it and the live storages by label."""
@@ -44,15 +53,28 @@ class PhasePeak:
     alive: list[tuple[str, int]] = field(default_factory=list)
     #: bytes of parameters and of parameter gradients alive at the peak (do not scale)
     fixed: int = 0
+    #: with op temporaries (``LiveBytes(rss=True)``): the scaled peak of live storage plus
+    #: the memory an op allocated and freed inside itself, and the op where it was reached
+    temp_scaled_peak: float = 0.0
+    temp_at: str = ""
 
 
 class LiveBytes(TorchDispatchMode):
     """Track live tensor-storage bytes per phase (see the module docstring)."""
 
     def __init__(
-        self, model: torch.nn.Module, top: int = 24, ratio: float = 1.0, unit: int = 0
+        self,
+        model: torch.nn.Module,
+        top: int = 24,
+        ratio: float = 1.0,
+        unit: int = 0,
+        rss: bool = False,
     ) -> None:
         super().__init__()
+        #: measure each op's internal temporaries: reset the process's peak resident memory
+        #: before the op (``/proc/self/clear_refs``), read it after (Linux only)
+        self.rss = rss
+        self.temporaries: Counter[str] = Counter()
         self.live: dict[int, tuple[int, str, float]] = {}
         self.current = 0
         self.scaled = 0.0
@@ -145,7 +167,16 @@ class LiveBytes(TorchDispatchMode):
         return f"backward {where} {op} {shape}"
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if self.rss:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # VmHWM := VmRSS
+            rss0 = _status_bytes("VmRSS")
+            before_s = self.scaled
         out = func(*args, **(kwargs or {}))
+        if self.rss:
+            inner = _status_bytes("VmHWM") - max(rss0, _status_bytes("VmRSS"))
+            if inner > 0:
+                self._temporary(func, args, out, inner, before_s)
         new = False
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
@@ -159,11 +190,37 @@ class LiveBytes(TorchDispatchMode):
                 pk.peak = self.current
                 pk.at = self._label(func, tuple(tree_flatten(out)[0][0].shape))
                 pk.alive, pk.fixed = self._alive()
+            pk.temp_scaled_peak = max(pk.temp_scaled_peak, self.scaled)
             if self.scaled > pk.scaled_peak:
                 pk.scaled_peak = self.scaled
                 pk.scaled_at = self._label(func, tuple(tree_flatten(out)[0][0].shape))
                 pk.scaled_alive = self._scaled_alive()
         return out
+
+    def _temporary(self, func: Any, args: Any, out: Any, inner: int, before_s: float) -> None:
+        """Record ``inner`` bytes allocated and freed inside one op (scaled like the op's
+        largest tensor argument or output)."""
+        sizes = [t.numel() for t in tree_flatten((args, out))[0] if isinstance(t, torch.Tensor)]
+        grows = any(self.unit > 0 and n >= self.unit and n % self.unit == 0 for n in sizes)
+        w = self.ratio if grows else 1.0
+        label = self._label(func, ())
+        self.temporaries[label] = max(self.temporaries[label], int(inner * w))
+        # after the op its outputs are counted; during it, the larger of before/after + inner
+        cand = max(before_s, self.scaled_after(out)) + inner * w
+        pk = self.peaks.setdefault(self.phase, PhasePeak())
+        if cand > pk.temp_scaled_peak:
+            pk.temp_scaled_peak, pk.temp_at = cand, label
+
+    def scaled_after(self, out: Any) -> float:
+        """The scaled live sum once ``out``'s new storages are counted."""
+        extra = 0.0
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                st = t.untyped_storage()
+                if st.data_ptr() not in self.live:
+                    nb = st.nbytes()
+                    extra += nb * self.weight("", nb // max(1, t.element_size()))
+        return self.scaled + extra
 
     def add(self, *tensors: torch.Tensor, label: str = "input") -> None:
         """Count tensors created before the mode was entered (the inputs)."""

@@ -13,7 +13,8 @@ from maxca.layers import MAXCA, AttentionBlock
 from maxca.layers.factories import conv
 from maxca.models import CorrMAXCANet, count_parameters, create_model
 from maxca.models._blocks import AttentionSlot, ChannelLayerNorm
-from maxca.models.corrmaxca import CorrelationAwareBlock, upsample_flow_corners
+from maxca.models.corrmaxca import CorrelationAwareBlock, CorrMAXCAConfig, upsample_flow_corners
+from maxca.spatial import correlation
 
 from .conftest import pair, tiny_model
 
@@ -224,6 +225,23 @@ def test_fine_granularity_lowers_the_backward_peak_of_live_activations() -> None
             loss.backward()
         peaks[granularity] = tracker.peak
     assert peaks["fine"] < peaks["stage"] < peaks["plain"], peaks
+
+
+def test_fuse_concatenation_is_channels_last_with_the_same_values() -> None:
+    """The correlation-aware block's concat is written channels-last (so its conv makes no
+    hidden layout copy): the same conv input values, the conv output within rounding."""
+    torch.manual_seed(0)
+    config = CorrMAXCAConfig(spatial_dims=3, enc_channels=4, dec_channels=8, heads=2, region=4)
+    block = CorrelationAwareBlock(config, 0, 4, 8).double()
+    a, b = torch.randn(2, 1, 4, 6, 7, 5, dtype=torch.float64)
+    ref_in = torch.cat([a, correlation(a, b, max_disp=1), b], dim=1)
+    seen = {}
+    handle = block.conv.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    out = block._fuse(a, b)
+    handle.remove()
+    assert seen["x"].is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(seen["x"], ref_in)
+    torch.testing.assert_close(out, block.conv(ref_in), rtol=0, atol=1e-12)
 
 
 def test_bad_checkpoint_granularity_is_refused() -> None:

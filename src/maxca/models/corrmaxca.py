@@ -166,7 +166,12 @@ class CorrelationAwareBlock(nn.Module):
     ) -> torch.Tensor:
         if b_map is not None:
             b = b_map(b)
-        return self.conv(torch.cat([a, correlation(a, b, max_disp=1), b], dim=1))
+        c = correlation(a, b, max_disp=1)
+        # the concatenation is written channels-last (the same values): the conv then runs
+        # on it directly, instead of first copying a channels-first input of 2c + 3^d
+        # channels into its own layout (a hidden copy of the largest tensor of the level)
+        x = torch.cat([t.movedim(1, -1) for t in (a, c, b)], dim=-1).movedim(-1, 1)
+        return self.conv(x)
 
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, b_map: nn.Module | None = None
