@@ -74,16 +74,16 @@ class CorrMAXCAConfig(ModelConfig):
             (``heads`` must divide it).
         checkpoint_granularity: with ``checkpoint=True``: ``"block"`` (default: the
             correlation + conv and the attention block are checkpointed separately: the
-            fastest, 1.0x the plain step at 40x48x56, but its full-resolution step does not
+            fastest, 1.2x the plain step at 40x48x56, but its full-resolution step does not
             fit in 16 GB), ``"stage"`` (each decoder stage is one checkpoint and the block
             inside it is recomputed segment by segment, XCA head by head: 3x less stored
-            between forward and backward than ``"block"``, 1.7x the plain step) or ``"fine"``
+            between forward and backward than ``"block"``, 1.6x the plain step) or ``"fine"``
             (as ``"stage"``, and inside the block each XCA branch, with its half of the 2C
             expansion, is one autograd function that stores only the block input and
             recomputes one head at a time in backward, without the heads ever being re-run by
             the stage's recomputation; the up-sampled coarser features are recomputed inside
             the second block's correlation + conv checkpoint: the lowest backward peak, about
-            0.7x that of ``"stage"`` at 160x192x224 by extrapolation, and 1.5x the plain
+            0.75x that of ``"stage"`` at 160x192x224 by extrapolation, and 1.4x the plain
             step). The same numbers in every case (the heads summed one by one: float32
             differences at the last bits). Measured in ``benchmarks/train_memory.py
             --profile-peak`` and ``benchmarks/checkpoint_cost.py --granularities``.
