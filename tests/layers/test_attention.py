@@ -33,7 +33,7 @@ def test_every_kind_odd_sizes_shapes_and_gradients(d, kind):
         assert not torch.allclose(y, x)
 
 
-@pytest.mark.parametrize("mode", [True, "segments"])
+@pytest.mark.parametrize("mode", [True, "segments", "fine"])
 @pytest.mark.parametrize("kind", [k for k in ATTENTION_KINDS if k != "none"])
 def test_checkpointing_gives_same_output_and_gradients(kind, mode):
     torch.manual_seed(0)
@@ -48,11 +48,34 @@ def test_checkpointing_gives_same_output_and_gradients(kind, mode):
         y.square().sum().backward()
         outs.append(y.detach())
         grads.append([xi.grad] + [p.grad for p in m.parameters()])
-    # "segments" sums the XCA heads one by one: the same terms in another order (float32)
+    # "segments"/"fine" sum the XCA heads one by one: the same terms in another order (float32)
     tol = {} if mode is True else {"rtol": 1e-4, "atol": 1e-4}
     torch.testing.assert_close(outs[0], outs[1], **tol)
     for ga, gb in zip(*grads):
         torch.testing.assert_close(ga, gb, **tol)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("mode", ["segments", "fine"])
+def test_fine_checkpointing_gives_the_same_numbers_in_float64(d, mode):
+    """MAXCA with its branch-level checkpointing vs the plain block, float64, odd sizes."""
+    torch.manual_seed(0)
+    a = make_attention("maxca", d, 8, heads=2, region=4).double()
+    b = make_attention("maxca", d, 8, heads=2, region=4, checkpoint=mode).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 8, *SIZES[d], dtype=torch.float64)
+    w = torch.randn_like(x)
+    outs, grads = [], []
+    for m in (a, b):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        (y * w).sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-10)
+    for (name, _), ga, gb in zip([("x", None), *a.named_parameters()], *grads):
+        assert gb is not None, name
+        torch.testing.assert_close(gb, ga, rtol=0, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("d", [2, 3])

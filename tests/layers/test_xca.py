@@ -147,12 +147,13 @@ def test_bad_arguments():
         XCALayer(3, 8, 2, region=(4, 4))
 
 
+@pytest.mark.parametrize("mode", [True, "function"])
 @pytest.mark.parametrize("d,spatial,region", CASES)
 @pytest.mark.parametrize("grouping", ["regional", "dilated", "global"])
-def test_head_by_head_checkpointed_path_matches_the_fused_one(d, spatial, region, grouping):
+def test_head_by_head_checkpointed_path_matches_the_fused_one(d, spatial, region, grouping, mode):
     fused = make_layer(d, region, grouping)
     by_head = make_layer(d, region, grouping)
-    by_head.checkpoint_heads = True
+    by_head.checkpoint_heads = mode
     z = torch.randn(2, *spatial, 8)
     outs, grads = [], []
     for layer in (fused, by_head):
@@ -166,3 +167,39 @@ def test_head_by_head_checkpointed_path_matches_the_fused_one(d, spatial, region
         torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-10)
     with torch.no_grad():  # without autograd the fused path runs
         torch.testing.assert_close(by_head(z), outs[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("d,spatial,region", CASES)
+@pytest.mark.parametrize("grouping", ["regional", "dilated"])
+def test_head_by_head_function_recomputes_a_prelude_with_the_same_gradients(
+    d, spatial, region, grouping
+):
+    """``forward_after(prelude, params, x)`` == ``forward(prelude(x))``, gradients of ``x``,
+    the prelude's parameters and the layer's included (float64)."""
+    layers = [make_layer(d, region, grouping) for _ in range(2)]
+    layers[1].checkpoint_heads = "function"
+    torch.manual_seed(1)
+    pre = [torch.nn.Linear(5, 8) for _ in range(2)]
+    pre[1].load_state_dict(pre[0].state_dict())
+    x = torch.randn(2, *spatial, 5)
+    outs, grads = [], []
+    for layer, lin, fn in zip(layers, pre, ("plain", "after")):
+        xi = x.clone().requires_grad_(True)
+
+        def prelude(t, lin=lin):
+            return torch.nn.functional.gelu(lin(t))
+
+        out = (
+            layer(prelude(xi))
+            if fn == "plain"
+            else layer.forward_after(prelude, (lin.weight, lin.bias), xi)
+        )
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        outs.append(out.detach())
+        grads.append(
+            [xi.grad, lin.weight.grad, lin.bias.grad] + [p.grad for p in layer.parameters()]
+        )
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    for ga, gb in zip(*grads):
+        assert gb is not None
+        torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-10)

@@ -151,7 +151,7 @@ def make_attention(
         heads: attention heads per branch (must divide ``channels``).
         region: region (window) size per axis, for the regional and dilated groupings.
         checkpoint: gradient checkpointing inside the block: ``False``, ``True``/``"block"``
-            or ``"segments"`` (see :class:`~maxca.layers.maxca.AttentionBlock`).
+            , ``"segments"`` or ``"fine"`` (see :class:`~maxca.layers.maxca.AttentionBlock`).
         drop: dropout rate.
         max_tokens: token limit of the quadratic kind ``global_sa`` (its block refuses larger
             inputs with a clear error; ``None`` = no limit). Ignored by the other kinds.

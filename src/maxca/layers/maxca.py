@@ -18,6 +18,7 @@ permute and oneDNN convolutions run fastest on CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -32,7 +33,7 @@ from maxca.layers.factories import check_spatial_dims, conv_cls
 from maxca.layers.xca import XCALayer
 
 #: values of ``AttentionBlock(checkpoint=...)``
-CHECKPOINT_MODES = (False, True, "block", "segments")
+CHECKPOINT_MODES = (False, True, "block", "segments", "fine")
 
 
 def global_sa_memory_bytes(tokens: int, heads: int, batch: int = 1, itemsize: int = 4) -> int:
@@ -167,10 +168,10 @@ class AttentionBlock(nn.Module):
         self.kind = kind
         self.mixer = MultiAxisMixer(channels, branch_u, branch_v, drop)
         self.rcab = RCAB(spatial_dims, channels)
-        if checkpoint == "segments":
+        if checkpoint in ("segments", "fine"):
             for branch in (branch_u, branch_v):
                 if hasattr(branch, "checkpoint_heads"):
-                    branch.checkpoint_heads = True
+                    branch.checkpoint_heads = True if checkpoint == "segments" else "function"
 
     def check_input(self, x: Tensor) -> None:
         """Raise a clear error for a wrong rank or channel count."""
@@ -209,6 +210,26 @@ class AttentionBlock(nn.Module):
         del u, v
         return maybe_checkpoint(self.rcab, m, x)
 
+    def _body_fine(self, x: Tensor) -> Tensor:
+        """``_body`` for ``checkpoint="fine"`` (same numbers, see the class docstring)."""
+        mix = self.mixer
+        halves = []
+        for i, branch in enumerate((mix.branch_u, mix.branch_v)):
+            if getattr(branch, "checkpoint_heads", None) == "function":
+                pre = (mix.norm.weight, mix.norm.bias, mix.expand.weight, mix.expand.bias)
+                halves.append(branch.forward_after(functools.partial(self._expand, i=i), pre, x))
+            else:
+                halves.append(maybe_checkpoint(self._half, x, i))
+        m = mix.project(halves[0], halves[1], x)
+        del halves
+        return maybe_checkpoint(self.rcab, m, x)
+
+    def _expand(self, x: Tensor, i: int) -> Tensor:
+        """Half ``i`` (0: u, 1: v) of ``GELU(Linear_{C->2C}(LayerNorm(x)))``: (B, *S, C)."""
+        mix, C = self.mixer, x.shape[-1]
+        we, be = mix.expand.weight[i * C : (i + 1) * C], mix.expand.bias[i * C : (i + 1) * C]
+        return mix.act(F.linear(mix.norm(x), we, be))
+
     def _half(self, x: Tensor, i: int) -> Tensor:
         """Branch ``i`` (0: u, 1: v) of the mixer on ``x`` (B, *S, C), its expansion included."""
         mix, C = self.mixer, x.shape[-1]
@@ -223,6 +244,8 @@ class AttentionBlock(nn.Module):
         xl = x.movedim(1, -1).contiguous()  # (B, *S, C); free if x is channels-last already
         if self.checkpoint == "segments" and torch.is_grad_enabled():
             return self._body_segments(xl).movedim(-1, 1)
+        if self.checkpoint == "fine" and torch.is_grad_enabled():
+            return self._body_fine(xl).movedim(-1, 1)
         return maybe_checkpoint(self._body, xl, enabled=bool(self.checkpoint)).movedim(-1, 1)
 
 

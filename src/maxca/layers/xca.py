@@ -119,30 +119,56 @@ class XCALayer(nn.Module):
         #: when True (and autograd is on), run head by head, each head under gradient
         #: checkpointing: the same numbers up to summation order, a quarter (1 / heads) of the
         #: activation memory in backward, one more forward of the layer in time. Set by
-        #: ``AttentionBlock(checkpoint="segments")``.
-        self.checkpoint_heads = False
+        #: ``AttentionBlock(checkpoint="segments")``. ``"function"``: head by head as one
+        #: autograd function that stores only its input ``z`` and, in backward, recomputes the
+        #: LayerNorm and then each head alone with its gradients (set by
+        #: ``AttentionBlock(checkpoint="fine")``): the same numbers, no head is run by an outer
+        #: checkpoint's recomputation, and one head's activations at a time in backward.
+        self.checkpoint_heads: bool | str = False
 
     def _head(self, h: Tensor, hd: int, B: int, spatial: tuple[int, ...]) -> Tensor:
         """Head ``hd``'s contribution to the output projection (without bias), from the
         normalised input ``h`` (B, C', *S) (channels-last memory): ``(B, *S, C')``."""
+        out, padded, region = self._head_tokens(h, hd, spatial)
+        out = ungroup_view(out, B, padded, region, self.grouping).reshape(B, *padded, self.channels)
+        if padded != spatial:
+            out = out[(slice(None), *(slice(0, s) for s in spatial))]
+        return out
+
+    def _head_tokens(
+        self, h: Tensor, hd: int, spatial: tuple[int, ...]
+    ) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+        """:meth:`_head` before un-grouping: ``(B*G, T, C')`` in token order, with the padded
+        size and the region."""
+        v, mix, padded, region = self._head_factors(h, hd, spatial)
+        return torch.bmm(v, mix), padded, region  # (B*G, T, C')
+
+    def _head_factors(
+        self, h: Tensor, hd: int, spatial: tuple[int, ...]
+    ) -> tuple[Tensor, Tensor, tuple[int, ...], tuple[int, ...]]:
+        """The two factors of :meth:`_head_tokens`' product: ``v`` ``(B*G, T, c)`` and the
+        head's mixing-and-projection matrices ``(B*G, c, C')``; padded size and region."""
         Cp, c = self.channels, self.channels // self.heads
         idx = torch.cat([torch.arange(hd * c, (hd + 1) * c) + j * Cp for j in range(3)])
         conv_fn = (F.conv2d, F.conv3d)[self.spatial_dims - 2]
         qkv = conv_fn(h, self.qkv.weight[idx], self.qkv.bias[idx], padding=self.qkv.padding)
         qkv = qkv.movedim(1, -1)  # (B, *S, 3c)
         region = spatial if self.grouping == "global" else self.region
-        qkv, pads = pad_to_multiple(qkv, region)
+        qkv, _ = pad_to_multiple(qkv, region)
         padded = tuple(qkv.shape[1:-1])
         tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3c)
         del qkv
         q, k, v = tok.split(c, dim=-1)
         attn = xca_mixing_matrix(q, k, self.temperature[hd : hd + 1], 1)[:, 0]  # (B*G, c, c)
         mix = torch.einsum("gij,oi->gjo", attn, self.proj.weight[:, hd * c : (hd + 1) * c])
-        out = torch.bmm(v, mix)  # (B*G, T, C')
-        out = ungroup_view(out, B, padded, region, self.grouping).reshape(B, *padded, Cp)
-        if any(pads):
-            out = out[(slice(None), *(slice(0, s) for s in spatial))]
-        return out
+        return v, mix, padded, region
+
+    def _grouped_grad(self, grad: Tensor) -> Tensor:
+        """The gradient of a head's output ``(B, *S, C')`` in the token layout of
+        :meth:`_head_tokens`, ``(B*G, T, C')`` (zero at padded tokens)."""
+        region = tuple(grad.shape[1:-1]) if self.grouping == "global" else self.region
+        gp, _ = pad_to_multiple(grad, region)
+        return group_tokens(gp, region, self.grouping)
 
     def _forward_by_head(self, z: Tensor) -> Tensor:
         B, spatial = z.shape[0], tuple(z.shape[1:-1])
@@ -154,8 +180,36 @@ class XCALayer(nn.Module):
             out = self.drop(out)
         return z + out
 
+    def forward_after(self, prelude, prelude_params: tuple[Tensor, ...], x: Tensor) -> Tensor:  # noqa: ANN001
+        """``forward(prelude(x))`` with the prelude recomputed inside the head-by-head function
+        (``checkpoint_heads="function"``, autograd on, no dropout): only ``x`` is stored.
+        ``prelude_params`` are the parameters ``prelude`` uses (their gradients flow)."""
+        if not (torch.is_grad_enabled() and self.checkpoint_heads == "function") or (
+            self.training and self.drop.p > 0
+        ):
+            return self(prelude(x))
+        return _HeadByHead.apply(
+            self, prelude, len(prelude_params), x, *prelude_params, *self._params()
+        )
+
+    def _params(self) -> tuple[Tensor, ...]:
+        """The parameters the head-by-head function differentiates, in its argument order."""
+        return (
+            self.norm.weight,
+            self.norm.bias,
+            self.qkv.weight,
+            self.qkv.bias,
+            self.temperature,
+            self.proj.weight,
+            self.proj.bias,
+        )
+
     def forward(self, z: Tensor) -> Tensor:
         """``z``: channels-last ``(B, *S, C')`` -> same shape."""
+        if self.checkpoint_heads == "function" and torch.is_grad_enabled():
+            if self.training and self.drop.p > 0:
+                return self._forward_by_head(z)  # dropout needs its RNG replayed: checkpoint
+            return _HeadByHead.apply(self, None, 0, z, *self._params())
         if self.checkpoint_heads and torch.is_grad_enabled():
             return self._forward_by_head(z)
         B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
@@ -187,3 +241,87 @@ class XCALayer(nn.Module):
         # residual add fused with the un-grouping: one pass, written in z's layout
         # (TensorIterator lays the result out like its first operand, z: contiguous)
         return (split_view(z, region) + out).view(z.shape)
+
+
+class _HeadByHead(torch.autograd.Function):
+    """``XCALayer._forward_by_head`` (without dropout) as one autograd function, optionally
+    after a ``prelude`` (the block's expansion into this branch's half).
+
+    ``apply(layer, prelude, n_pre, x, *prelude_params, *layer._params())``: ``z = prelude(x)``
+    (``z = x`` when ``prelude`` is None; ``prelude_params``, the first ``n_pre`` tensors after
+    ``x``, are the parameters it uses; ``x`` channels-last ``(B, *S, C_in)``), output
+    ``z + proj.bias + sum_h head_h(LayerNorm(z))`` ``(B, *S, C')``, heads summed
+    in order: the same numbers as ``_forward_by_head``. Forward builds no graph and saves only
+    ``x``. Backward recomputes ``z`` (without a graph) and ``h = LayerNorm(z)``, then for each
+    head recomputes its output from ``h`` and takes its gradients (``h`` and the head's
+    parameters) before the next head, then the LayerNorm's backward, and last recomputes the
+    prelude with its graph for its backward (so the prelude's saved tensors are never alive
+    together with a head's), under the forward's autocast state. The parameters' gradients
+    are returned as the gradients of the function's parameter arguments.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, prelude, n_pre, x, *params):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x)
+        ctx.layer, ctx.prelude, ctx.pre_params = layer, prelude, params[:n_pre]
+        dev = x.device.type  # backward recomputes under the same autocast state
+        ctx.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        z = x if prelude is None else prelude(x)
+        B, spatial = z.shape[0], tuple(z.shape[1:-1])
+        h = layer.norm(z).movedim(-1, 1)  # (B, C', *S), channels-last memory
+        out = layer.proj.bias.expand(z.shape)
+        for hd in range(layer.heads):
+            out = out + layer._head(h, hd, B, spatial)
+        del h
+        return z + out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        dev, enabled, dtype = ctx.amp
+        with torch.autocast(dev, dtype=dtype, enabled=enabled):
+            return _HeadByHead._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        layer: XCALayer = ctx.layer
+        params = layer._params()
+        grads: list[Tensor | None] = [None] * len(params)
+        head_params = params[2:6]  # qkv weight, qkv bias, temperature, proj weight
+        with torch.no_grad():  # the prelude's graph is rebuilt after the heads (below)
+            z = x if ctx.prelude is None else ctx.prelude(x)
+        with torch.enable_grad():
+            zd = z.detach().requires_grad_(True)
+            del z
+            spatial = tuple(zd.shape[1:-1])
+            h = layer.norm(zd).movedim(-1, 1)
+            hd_ = h.detach().requires_grad_(True)
+            grad_h: Tensor | None = None
+            grad_tok = layer._grouped_grad(grad)  # once, not one un-grouped copy per head
+            for hd in range(layer.heads):
+                # the gradients of out = bmm(v, mix) without materialising out (the same two
+                # products autograd's bmm backward computes)
+                v, mix = layer._head_factors(hd_, hd, spatial)[:2]
+                with torch.no_grad():
+                    gv = torch.bmm(grad_tok, mix.transpose(1, 2))
+                    gmix = torch.bmm(v.transpose(1, 2), grad_tok)
+                g = torch.autograd.grad(
+                    (v, mix), (hd_, *head_params), (gv, gmix), allow_unused=True
+                )
+                del v, mix, gv, gmix
+                grad_h = g[0] if grad_h is None else grad_h.add_(g[0])
+                for i, gi in enumerate(g[1:], start=2):
+                    if gi is not None:
+                        grads[i] = gi if grads[i] is None else grads[i].add_(gi)
+                del g
+            del hd_, grad_tok
+            gz, gw, gb = torch.autograd.grad(h, (zd, params[0], params[1]), grad_h)
+            del h, grad_h, zd
+            gz = gz.add_(grad)  # the residual
+            grads[0], grads[1] = gw, gb
+            grads[6] = grad.sum(dim=tuple(range(grad.dim() - 1)))  # proj.bias
+            if ctx.prelude is None:
+                return (None, None, None, gz, *grads)
+            xd = x.detach().requires_grad_(True)
+            g = torch.autograd.grad(ctx.prelude(xd), (xd, *ctx.pre_params), gz, allow_unused=True)
+        return (None, None, None, g[0], *g[1:], *grads)

@@ -61,7 +61,7 @@ __all__ = ["CorrMAXCAConfig", "CorrMAXCANet", "upsample_flow_corners"]
 _LINEAR = {2: "bilinear", 3: "trilinear"}
 
 #: values of ``CorrMAXCAConfig.checkpoint_granularity``
-CHECKPOINT_GRANULARITIES = ("block", "stage")
+CHECKPOINT_GRANULARITIES = ("block", "stage", "fine")
 
 
 @dataclass(kw_only=True)
@@ -73,11 +73,20 @@ class CorrMAXCAConfig(ModelConfig):
         dec_channels: decoder width at level 0; level ``l`` has ``dec_channels * 2**l``
             (``heads`` must divide it).
         checkpoint_granularity: with ``checkpoint=True``: ``"block"`` (default: the
-            correlation + conv and the attention block are checkpointed separately) or
-            ``"stage"`` (each decoder stage is one checkpoint and the block inside it is
-            recomputed segment by segment, XCA head by head: 3x less stored between forward
-            and backward, a 1.4x slower step, and no lower full-resolution peak shown yet).
-            See docs/benchmarks.md, section 2b.
+            correlation + conv and the attention block are checkpointed separately: the
+            fastest, 1.2x the plain step at 40x48x56, but its full-resolution step does not
+            fit in 16 GB), ``"stage"`` (each decoder stage is one checkpoint and the block
+            inside it is recomputed segment by segment, XCA head by head: 3x less stored
+            between forward and backward than ``"block"``, 1.6x the plain step) or ``"fine"``
+            (as ``"stage"``, and inside the block each XCA branch, with its half of the 2C
+            expansion, is one autograd function that stores only the block input and
+            recomputes one head at a time in backward, without the heads ever being re-run by
+            the stage's recomputation; the up-sampled coarser features are recomputed inside
+            the second block's correlation + conv checkpoint: the lowest backward peak, about
+            0.75x that of ``"stage"`` at 160x192x224 by extrapolation, and 1.4x the plain
+            step). The same numbers in every case (the heads summed one by one: float32
+            differences at the last bits). Measured in ``benchmarks/train_memory.py
+            --profile-peak`` and ``benchmarks/checkpoint_cost.py --granularities``.
     """
 
     enc_channels: int = 16
@@ -98,7 +107,12 @@ class CorrMAXCAConfig(ModelConfig):
     @property
     def stage_checkpoint(self) -> bool:
         """True when decoder stages are checkpointed as a whole (blocks by segments)."""
-        return self.checkpoint and self.checkpoint_granularity == "stage"
+        return self.checkpoint and self.checkpoint_granularity in ("stage", "fine")
+
+    @property
+    def fine_checkpoint(self) -> bool:
+        """True with the ``"fine"`` granularity (see the class docstring)."""
+        return self.checkpoint and self.checkpoint_granularity == "fine"
 
     def level_choices(self) -> tuple[int, ...]:
         return tuple(range(self.levels))
@@ -130,9 +144,10 @@ class CorrelationAwareBlock(nn.Module):
     identity where the level holds none) adds its own outer residual to the conv output.
     With ``config.checkpoint`` the correlation + conv is recomputed in backward; with the
     ``"stage"`` granularity the block checkpoints itself segment by segment
-    (``checkpoint="segments"``) and the decoder level wraps the whole correlation-aware block
-    in one more checkpoint (see ``_DecoderLevel``), with ``"block"`` the block is one
-    checkpoint.
+    (``checkpoint="segments"``; ``"fine"``: ``checkpoint="fine"``, see
+    :class:`~maxca.layers.maxca.AttentionBlock`) and the decoder level wraps the whole
+    correlation-aware block in one more checkpoint (see ``_DecoderLevel``), with ``"block"``
+    the block is one checkpoint.
     """
 
     def __init__(self, config: ModelConfig, level: int, in_channels: int, width: int) -> None:
@@ -140,15 +155,30 @@ class CorrelationAwareBlock(nn.Module):
         d = config.spatial_dims
         self.conv = conv(d, 2 * in_channels + 3**d, width, kernel_size=3)
         stage = isinstance(config, CorrMAXCAConfig) and config.stage_checkpoint
-        mode = "segments" if stage else None  # None: the slot checkpoints the whole block
+        fine = isinstance(config, CorrMAXCAConfig) and config.fine_checkpoint
+        # None: the slot checkpoints the whole block
+        mode = ("fine" if fine else "segments") if stage else None
         self.attn = attention_or_identity(config, level, width, block_checkpoint=mode)
         self.use_checkpoint = config.checkpoint
 
-    def _fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([a, correlation(a, b, max_disp=1), b], dim=1))
+    def _fuse(
+        self, a: torch.Tensor, b: torch.Tensor, b_map: nn.Module | None = None
+    ) -> torch.Tensor:
+        if b_map is not None:
+            b = b_map(b)
+        c = correlation(a, b, max_disp=1)
+        # the concatenation is written channels-last (the same values): the conv then runs
+        # on it directly, instead of first copying a channels-first input of 2c + 3^d
+        # channels into its own layout (a hidden copy of the largest tensor of the level)
+        x = torch.cat([t.movedim(1, -1) for t in (a, c, b)], dim=-1).movedim(-1, 1)
+        return self.conv(x)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        x = maybe_checkpoint(self._fuse, a, b, enabled=self.use_checkpoint)
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, b_map: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``a`` (B, c, *S), ``b`` (B, c, *S), or ``b_map(b)`` is when ``b_map`` is given (it
+        is then recomputed with the correlation and conv, and never stored)."""
+        x = maybe_checkpoint(self._fuse, a, b, b_map, enabled=self.use_checkpoint)
         return self.attn(x)
 
 
@@ -161,7 +191,9 @@ class _DecoderLevel(nn.Module):
     up-sampling + second block) is
     one checkpoint that stores only its inputs, so between forward and backward a level keeps
     its inputs and the two block outputs, and the backward of a stage holds one block's
-    segment boundaries plus one segment (a few full-size tensors) at a time.
+    segment boundaries plus one segment (a few full-size tensors) at a time. With ``"fine"``
+    the up-sampling ``U_l`` runs inside the second block's correlation + conv checkpoint, so
+    its output is never stored across the block's backward.
     """
 
     def __init__(self, config: CorrMAXCAConfig, level: int, coarsest: bool) -> None:
@@ -170,6 +202,7 @@ class _DecoderLevel(nn.Module):
         enc, dec = config.enc_widths()[level], config.dec_widths()[level]
         self.diffeomorphic, self.int_steps = config.diffeomorphic, config.int_steps
         self.use_checkpoint = config.stage_checkpoint
+        self.fine = config.fine_checkpoint
         self.block1 = CorrelationAwareBlock(config, level, enc, dec)
         if not coarsest:
             coarse = config.dec_widths()[level + 1]
@@ -187,6 +220,8 @@ class _DecoderLevel(nn.Module):
         return self.block1(fixed, warp(moving, flow_up))
 
     def _stage2(self, x: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
+        if self.fine:  # the up-sampling is recomputed inside the fuse's checkpoint
+            return self.block2(x, coarser, self.up)
         return self.block2(x, self.up(coarser))
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, coarser: Level | None) -> Level:
