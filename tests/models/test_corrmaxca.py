@@ -13,7 +13,12 @@ from maxca.layers import MAXCA, AttentionBlock
 from maxca.layers.factories import conv
 from maxca.models import CorrMAXCANet, count_parameters, create_model
 from maxca.models._blocks import AttentionSlot, ChannelLayerNorm
-from maxca.models.corrmaxca import CorrelationAwareBlock, CorrMAXCAConfig, upsample_flow_corners
+from maxca.models.corrmaxca import (
+    CorrelationAwareBlock,
+    CorrMAXCAConfig,
+    conv_of_parts,
+    upsample_flow_corners,
+)
 from maxca.spatial import correlation
 
 from .conftest import pair, tiny_model
@@ -227,21 +232,34 @@ def test_fine_granularity_lowers_the_backward_peak_of_live_activations() -> None
     assert peaks["fine"] < peaks["stage"] < peaks["plain"], peaks
 
 
-def test_fuse_concatenation_is_channels_last_with_the_same_values() -> None:
-    """The correlation-aware block's concat is written channels-last (so its conv makes no
-    hidden layout copy): the same conv input values, the conv output within rounding."""
+def test_fuse_is_the_conv_of_the_concatenation_without_building_it() -> None:
+    """The correlation-aware block's fuse conv runs on [a, corr(a, b), b] part by part (weight
+    slices, summed): the conv of the concatenation within rounding, gradients too, and no
+    tensor of 2c + 3^d channels is ever created."""
     torch.manual_seed(0)
     config = CorrMAXCAConfig(spatial_dims=3, enc_channels=4, dec_channels=8, heads=2, region=4)
     block = CorrelationAwareBlock(config, 0, 4, 8).double()
-    a, b = torch.randn(2, 1, 4, 6, 7, 5, dtype=torch.float64)
-    ref_in = torch.cat([a, correlation(a, b, max_disp=1), b], dim=1)
-    seen = {}
-    handle = block.conv.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    a, b = torch.randn(2, 1, 4, 6, 7, 5, dtype=torch.float64, requires_grad=True)
+    ref = block.conv(torch.cat([a, correlation(a, b, max_disp=1), b], dim=1))
+    g_ref = torch.autograd.grad(ref.square().sum(), (a, b, block.conv.weight, block.conv.bias))
+    widths = []
+    conv_forward = block.conv._conv_forward
+
+    def spy(x, w, bias):
+        widths.append(x.shape[1])
+        return conv_forward(x, w, bias)
+
+    block.conv._conv_forward = spy  # an instance attribute: what _fuse calls
     out = block._fuse(a, b)
-    handle.remove()
-    assert seen["x"].is_contiguous(memory_format=torch.channels_last_3d)
-    assert torch.equal(seen["x"], ref_in)
-    torch.testing.assert_close(out, block.conv(ref_in), rtol=0, atol=1e-12)
+    del block.conv._conv_forward
+    assert widths == [4, 27, 4]  # a, corr(a, b), b: one conv each
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.autograd.grad(out.square().sum(), (a, b, block.conv.weight, block.conv.bias))
+    for x, y in zip(g, g_ref):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
+    assert 2 * 4 + 27 not in widths  # the concatenation never reached a module
+    with pytest.raises(ValueError, match="parts hold 8 channels, the conv expects 35"):
+        conv_of_parts(block.conv, (a, b))
 
 
 def test_bad_checkpoint_granularity_is_refused() -> None:

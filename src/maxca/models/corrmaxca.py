@@ -137,6 +137,25 @@ def upsample_flow_corners(flow: torch.Tensor) -> torch.Tensor:
     return 2.0 * F.interpolate(flow, scale_factor=2, mode=mode, align_corners=True)
 
 
+def conv_of_parts(layer: nn.Module, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``layer(torch.cat(parts, dim=1))`` without the concatenation: one convolution per part
+    with its slice of ``layer.weight`` (input channels in the order of ``parts``), summed in
+    place, plus the bias. ``parts``: ``(B, c_i, *S)``; returns ``(B, C_out, *S)``."""
+    weight, bias, start = layer.weight, layer.bias, 0
+    out: torch.Tensor | None = None
+    for part in parts:
+        w = weight[:, start : start + part.shape[1]]
+        start += part.shape[1]
+        y = layer._conv_forward(part, w, None)  # the layer's own padding, stride, chunking
+        out = y if out is None else out.add_(y)  # a conv keeps no output for its backward
+    if start != weight.shape[1]:
+        raise ValueError(f"parts hold {start} channels, the conv expects {weight.shape[1]}")
+    assert out is not None
+    if bias is not None:
+        out = out.add_(bias.view(1, -1, *([1] * (out.dim() - 2))))
+    return out
+
+
 class CorrelationAwareBlock(nn.Module):
     """``attention(conv(concat[a, corr(a, b), b]))``: ``(B, c, *S) x 2 -> (B, w, *S)``.
 
@@ -167,11 +186,12 @@ class CorrelationAwareBlock(nn.Module):
         if b_map is not None:
             b = b_map(b)
         c = correlation(a, b, max_disp=1)
-        # the concatenation is written channels-last (the same values): the conv then runs
-        # on it directly, instead of first copying a channels-first input of 2c + 3^d
-        # channels into its own layout (a hidden copy of the largest tensor of the level)
-        x = torch.cat([t.movedim(1, -1) for t in (a, c, b)], dim=-1).movedim(-1, 1)
-        return self.conv(x)
+        # conv(concat[a, c, b]) as the sum of three convolutions with the matching slices of
+        # the weight (the same values up to summation order): the 2c + 3^d channel concatenation,
+        # the largest tensor of the level, is never materialised (nor copied into the conv's
+        # layout), and no single conv input exceeds oneDNN's 2 GiB limit for its fast weight
+        # gradient at full resolution (docs/benchmarks.md, 2b)
+        return conv_of_parts(self.conv, (a, c, b))
 
     def forward(
         self, a: torch.Tensor, b: torch.Tensor, b_map: nn.Module | None = None
