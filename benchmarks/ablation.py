@@ -572,16 +572,24 @@ def prepare_dataset(args: argparse.Namespace) -> Path:
     return build_slice_dataset(source, cache, args.plane, args.slices, args.slice_step)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ablation; returns 0 when every requested cell has a result, else 1."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def parse_grid(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[str], list[str], list[int]]:
+    """``--hosts``, ``--attentions`` and ``--seeds`` checked (a usage error otherwise)."""
     try:
         hosts = parse_names(args.hosts, ABLATION_HOSTS, "hosts")
         kinds = parse_names(args.attentions, (*ABLATION_KINDS, "global_sa"), "attentions")
         seeds = parse_ints(args.seeds, "--seeds")
     except ValueError as exc:
         parser.error(str(exc))
+    return hosts, kinds, seeds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ablation; returns 0 when every requested cell has a result, else 1."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    hosts, kinds, seeds = parse_grid(parser, args)
     if args.steps is None and args.minutes is None:
         args.steps = 1000
     if args.steps is not None and args.steps < 1:

@@ -44,8 +44,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import RESULTS, parse_ints, parse_names  # noqa: E402
-from ablation import ABLATION_HOSTS, ABLATION_KINDS, cell_name  # noqa: E402
+from _common import RESULTS  # noqa: E402
+from ablation import ABLATION_HOSTS, ABLATION_KINDS, cell_name, parse_grid  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,12 +156,7 @@ def plot_curves(out: Path, cells: Sequence[tuple[str, str, int, Path]]) -> Path 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        hosts = parse_names(args.hosts, ABLATION_HOSTS, "hosts")
-        kinds = parse_names(args.attentions, (*ABLATION_KINDS, "global_sa"), "attentions")
-        seeds = parse_ints(args.seeds, "--seeds")
-    except ValueError as exc:
-        parser.error(str(exc))
+    hosts, kinds, seeds = parse_grid(parser, args)
     if args.steps < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("--steps, --jobs and --threads must be >= 1")
     extra = [a for a in args.extra if a != "--"]
