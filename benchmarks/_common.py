@@ -372,6 +372,14 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_model(text: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` or ``PATH`` (label = the folder name)."""
+    if "=" in text:
+        label, path = text.split("=", 1)
+        return label.strip(), Path(path)
+    return Path(text).name, Path(text)
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
     """``path`` as committed results record it: relative to the repository root (a data set
     under ``../shared/data`` becomes ``../shared/data/...``), never the machine's absolute path.

@@ -65,6 +65,7 @@ from _common import (
     markdown_table,
     nan_mean_std,
     pair_row,
+    parse_model,
     pm,
     read_csv,
     resolve_device,
@@ -149,14 +150,6 @@ def ants_method(
         rows.append(row)
         print(f"    {p.name}: Dice {row['dice']:.4f} ({out.seconds:.1f} s)", flush=True)
     return rows
-
-
-def parse_model(text: str) -> tuple[str, Path]:
-    """``LABEL=PATH`` or ``PATH`` (label = the folder name)."""
-    if "=" in text:
-        label, path = text.split("=", 1)
-        return label.strip(), Path(path)
-    return Path(text).name, Path(text)
 
 
 # ---------------------------------------------------------------------------------------------

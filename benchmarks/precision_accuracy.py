@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import BRAIN_2MM, REPO, display_path
 from maxca.accel import compile_model, cpu_has_bf16
 from maxca.app import load_model
 from maxca.app.registration import pair_metrics
@@ -49,17 +50,8 @@ from maxca.inference.evaluate import dataset_pairs, pair_name
 from maxca.inference.register import register_pair
 from maxca.metrics import njd_percent
 
-REPO = Path(__file__).resolve().parents[1]
-BRAIN_2MM = REPO.parent / "shared" / "data" / "brain-synth-2mm" / "dataset.json"
 VARIANTS = ("eager-fp32", "eager-bf16", "compiled-fp32", "compiled-bf16")
 DICE_TOL, NJD_TOL = 0.002, 0.05
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO.parent))
-    except ValueError:
-        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Precision / compile accuracy check ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Model `{args.model}`, {len(items)} pairs of `{args.pairs}` of "
-        f"`{_display(args.dataset)}`, {args.threads} thread(s), {platform.machine()} "
+        f"`{display_path(args.dataset)}`, {args.threads} thread(s), {platform.machine()} "
         f"{platform.processor() or ''} (avx512_bf16: {cpu_has_bf16()}), torch {torch.__version__}.",
         "Adoption rule (issue #12): |Delta Dice| < 0.002 and |Delta NJD| < 0.05 points on every "
         "pair.",

@@ -94,14 +94,9 @@ def _pct(value: float | None) -> str:
 
 def _demo_dataset(root: Path):
     """The data of ``maxca demo`` (its defaults, seed 0); its held-out pair is the ``mni`` one."""
-    from maxca.app.demo import DEFAULT_MAGNITUDE_VOX, DEFAULT_SPACING_MM, DEFAULT_SUBJECTS
-    from maxca.data.template import make_template_dataset
+    from maxca.app.demo import demo_dataset
 
-    path = make_template_dataset(
-        root, subjects=DEFAULT_SUBJECTS + 2, spacing_mm=DEFAULT_SPACING_MM, seed=0,
-        magnitude_vox=DEFAULT_MAGNITUDE_VOX, held_out_pairs=1,
-    )  # fmt: skip
-    return load_learn2reg(path)
+    return load_learn2reg(demo_dataset(root))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ from _common import (
     import_ants,
     load_pairs,
     parse_ints,
+    parse_model,
     parse_names,
     set_threads,
     validation_pairs,
@@ -93,14 +94,6 @@ def record_arg(arg: str) -> str:
     if "/" in path and os.path.exists(path):
         return f"{label}{sep}{rel(path)}"
     return arg
-
-
-def parse_model(text: str) -> tuple[str, Path]:
-    """``LABEL=PATH`` or ``PATH`` (label = the folder name)."""
-    if "=" in text:
-        label, path = text.split("=", 1)
-        return label.strip(), Path(path)
-    return Path(text).name, Path(text)
 
 
 def ants_method(ants: Any, preset: str = "SyN", seed: int = 0) -> Method:

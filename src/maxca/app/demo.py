@@ -204,6 +204,28 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def demo_dataset(
+    root: str | os.PathLike[str],
+    subjects: int = DEFAULT_SUBJECTS,
+    seed: int = 0,
+    spacing_mm: float = DEFAULT_SPACING_MM,
+    magnitude_vox: float = DEFAULT_MAGNITUDE_VOX,
+) -> Path:
+    """Write the demo's data into ``root`` and return its ``dataset.json``: ``subjects``
+    training subjects deformed from the MNI152 template plus one held-out pair
+    (``registration_val[0]``, the pair the demo registers)."""
+    from maxca.data.template import make_template_dataset
+
+    return make_template_dataset(
+        root,
+        subjects=subjects + 2,
+        spacing_mm=float(spacing_mm),
+        seed=seed,
+        magnitude_vox=float(magnitude_vox),
+        held_out_pairs=1,
+    )
+
+
 def run_demo(
     out: str | os.PathLike[str] = "maxca-demo",
     subjects: int = DEFAULT_SUBJECTS,
@@ -260,7 +282,6 @@ def run_demo(
 
     from maxca.app.registration import load_model, register_files
     from maxca.data.learn2reg import load_learn2reg
-    from maxca.data.template import make_template_dataset
     from maxca.training.trainer import train
 
     settings = {
@@ -290,14 +311,7 @@ def run_demo(
         flush=True,
     )
     t0 = time.perf_counter()
-    dataset_json = make_template_dataset(
-        out_dir / "data",
-        subjects=subjects + 2,
-        spacing_mm=float(spacing_mm),
-        seed=seed,
-        magnitude_vox=float(magnitude_vox),
-        held_out_pairs=1,
-    )
+    dataset_json = demo_dataset(out_dir / "data", subjects, seed, spacing_mm, magnitude_vox)
     t_data = time.perf_counter() - t0
     dataset = load_learn2reg(dataset_json)
     fixed, moving = dataset.registration_val[0]
