@@ -430,9 +430,7 @@ def register_pair(
     model_diffeo = bool(getattr(config, "diffeomorphic", False))
     int_steps = int(getattr(config, "int_steps", 7))
     velocity = out.velocity.float() if model_diffeo and out.velocity is not None else None
-    flow = out.flow.detach().float()
-    if velocity is not None and precision != "fp32":
-        flow = integrate_velocity(velocity, int_steps)  # the integration in float32
+    flow = out.flow.detach().float()  # float32 already: the model integrates outside autocast
     if diffeomorphic and not model_diffeo:
         velocity = flow
         int_steps = prep.int_steps

@@ -382,6 +382,11 @@ class RegistrationModel(nn.Module):
         if tuple(field.shape[2:]) != padded:  # a bug in the host, not a user error
             raise RuntimeError(f"predict_field returned {tuple(field.shape)} for size {padded}")
         field = field[(slice(None), slice(None)) + tuple(slice(0, n) for n in size)]
+        # under autocast (e.g. bf16) the network's field comes out in the low precision; the
+        # geometry (integration, warping) runs in the inputs' precision
+        field = field.to(moving.dtype)
         velocity = field if self.config.diffeomorphic else None
-        flow = self.field_to_flow(field)
-        return RegistrationOutput(flow=flow, warped=warp(moving, flow), velocity=velocity)
+        with torch.autocast(device_type=field.device.type, enabled=False):
+            flow = self.field_to_flow(field)
+            warped = warp(moving, flow)
+        return RegistrationOutput(flow=flow, warped=warped, velocity=velocity)
