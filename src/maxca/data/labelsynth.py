@@ -77,6 +77,11 @@ class LabelSynthConfig:
             only); ``"shared"``: both get the same per-label means and spreads (every other
             draw stays independent), so an intensity similarity such as NCC can be trained
             alongside Dice: contrast-agnostic for same-contrast pairs.
+        p_real: probability that a training pair uses the two subjects' own images and label
+            maps as read (no synthesis, no random deformation) instead of synthesised ones:
+            mixes the acquired contrast into contrast-agnostic training. 0 (default): every
+            pair is synthesised. The draw has its own random stream, so 0 reproduces the
+            draws of a configuration without this option.
     """
 
     deform_vox: float = 3.0
@@ -93,6 +98,7 @@ class LabelSynthConfig:
     gamma_std: float = 0.25
     noise_max: float = 0.05
     pair_contrast: str = "independent"
+    p_real: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pair_contrast not in PAIR_CONTRASTS:
@@ -102,7 +108,7 @@ class LabelSynthConfig:
         for name in ("deform_vox", "std_max", "blur_max", "bias_max", "gamma_std", "noise_max"):
             if not getattr(self, name) >= 0:
                 raise MaxcaInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("p_share", "p_dark_background", "p_thick"):
+        for name in ("p_share", "p_dark_background", "p_thick", "p_real"):
             if not 0 <= getattr(self, name) <= 1:
                 raise MaxcaInputError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not self.deform_smoothness > 0:
@@ -270,7 +276,9 @@ class SynthPairDataset(PairDataset):
     Pairs, epochs, caching and seeding are those of :class:`PairDataset` (the image files are
     read once for their grid only); each item draws, for the fixed and the moving subject, a
     deformed label map (:func:`deform_label_map`) and an image of fresh random contrast
-    (:func:`synthesize_image`), seeded by ``(seed, epoch, pair index, role)``.
+    (:func:`synthesize_image`), seeded by ``(seed, epoch, pair index, role)``. With
+    ``synth.p_real > 0`` a pair is, with that probability (seeded by role 3), the two subjects'
+    own images and label maps as read instead.
 
     Items: ``fixed``/``moving`` ``(1, *S)`` float32 and ``fixed_label``/``moving_label``
     ``(1, *S)`` int64 (the deformed label maps the images were drawn from).
@@ -289,6 +297,9 @@ class SynthPairDataset(PairDataset):
         self.synth = synth or LabelSynthConfig()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        self._real = False
+        if self.synth.p_real > 0 and -len(self) <= index < len(self):
+            self._real = _u(self._generator(index % len(self), 3)) < self.synth.p_real
         if self.synth.pair_contrast == "shared" and -len(self) <= index < len(self):
             f, m = self._pairs[index % len(self)]
             ids = [self.load_subject(k)[1] for k in (f, m)]
@@ -301,6 +312,8 @@ class SynthPairDataset(PairDataset):
     def _volume(
         self, subject: int, item: int, role: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if getattr(self, "_real", False):  # this pair uses the images as read
+            return super()._volume(subject, item, role)
         _, label_array = self.load_subject(subject)
         if label_array is None:
             raise MaxcaInputError(

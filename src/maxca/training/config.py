@@ -153,6 +153,8 @@ class DataConfig:
         synth_contrast: with ``synth``: ``independent`` (default) draws the two images of a
             pair with independent contrasts (Dice-only training); ``shared`` gives both the
             same per-label intensities, so ``loss.weights.similarity`` (NCC) may be used too.
+        synth_real: with ``synth``: the probability that a training pair uses the subjects' own
+            images (as read, not synthesised) instead; 0 (default) synthesises every pair.
     """
 
     path: str | None = None
@@ -171,6 +173,7 @@ class DataConfig:
     max_val_pairs: int | None = None
     synth: str | None = None
     synth_contrast: str = "independent"
+    synth_real: float = 0.0
 
     def __post_init__(self) -> None:
         _choice(self.pairs, "data.pairs", PAIR_MODES)
@@ -179,6 +182,12 @@ class DataConfig:
             if self.augment:
                 raise MaxcaInputError("data.augment cannot be combined with data.synth")
         _choice(self.synth_contrast, "data.synth_contrast", SYNTH_CONTRASTS)
+        if isinstance(self.synth_real, bool) or not (
+            isinstance(self.synth_real, (int, float)) and 0 <= self.synth_real <= 1
+        ):
+            raise MaxcaInputError(f"data.synth_real must be in [0, 1], got {self.synth_real!r}")
+        if self.synth_real and self.synth is None:
+            raise MaxcaInputError("data.synth_real needs data.synth=labels")
         _choice(self.resize, "data.resize", RESIZE_MODES)
         if self.normalise is not None:
             _choice(self.normalise, "data.normalise", NORMALISATIONS)

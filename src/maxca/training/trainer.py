@@ -312,7 +312,9 @@ class Trainer:
             **common,
         )
         if cfg.data.synth == "labels":  # images drawn from the label maps at every step
-            synth = LabelSynthConfig(pair_contrast=cfg.data.synth_contrast)
+            synth = LabelSynthConfig(
+                pair_contrast=cfg.data.synth_contrast, p_real=float(cfg.data.synth_real)
+            )
             self.train_data: PairDataset = SynthPairDataset(
                 self.dataset, synth=synth, **train_options
             )
