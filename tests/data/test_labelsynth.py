@@ -213,3 +213,37 @@ def test_fixed_contrast_image_follows_the_table() -> None:
     assert float(image[0, 0, 0]) == 0.0
     noisy = fixed_contrast_image(label, T2_LIKE, 0, noise=0.05, blur=0.0)
     assert 0.03 < float((noisy - image)[label == 2].std()) < 0.07
+
+
+def test_p_real_mixes_in_the_images_as_read(tiny_dataset) -> None:
+    from maxca.data.dataset import PairDataset
+
+    plain = PairDataset(tiny_dataset, seed=2, use_labels=True, normalise=None)
+    n = len(plain)
+    for p, expect in ((1.0, "all"), (0.0, "none"), (0.5, "some")):
+        cfg = LabelSynthConfig(**{**FLAT.to_dict(), "p_real": p})
+        ds = SynthPairDataset(tiny_dataset, seed=2, synth=cfg, normalise=None)
+        real = []
+        for i in range(n):
+            a, b = ds[i], plain[i]
+            same = all(torch.equal(a[k], b[k]) for k in ("fixed", "moving", "moving_label"))
+            real.append(same)
+        if expect == "all":
+            assert all(real)
+        elif expect == "none":
+            assert not any(real)
+        else:
+            assert any(real) and not all(real)
+    # the draw has its own stream: synthesised pairs are those of p_real = 0
+    cfg0 = LabelSynthConfig(**FLAT.to_dict())
+    mixed = SynthPairDataset(
+        tiny_dataset, seed=2, synth=LabelSynthConfig(**{**FLAT.to_dict(), "p_real": 0.5}),
+        normalise=None,
+    )
+    pure = SynthPairDataset(tiny_dataset, seed=2, synth=cfg0, normalise=None)
+    for i in range(n):
+        a, b = mixed[i], plain[i]
+        if not torch.equal(a["fixed"], b["fixed"]):
+            assert torch.equal(a["fixed"], pure[i]["fixed"])
+    with pytest.raises(MaxcaInputError, match="p_real"):
+        LabelSynthConfig(p_real=1.5)

@@ -76,3 +76,15 @@ def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(
     assert trainer.progress.step == 2
     trainer.fit()
     assert trainer.progress.step == 3
+
+
+def test_synth_real_is_checked_and_reaches_the_dataset(tiny_overrides: list[str]) -> None:
+    for bad in ("1.5", "-0.1", "true"):
+        with pytest.raises(MaxcaInputError, match="synth_real"):
+            load_config(TINY_CONFIG, [*tiny_overrides, *SYNTH, f"data.synth_real={bad}"])
+    with pytest.raises(MaxcaInputError, match="needs data.synth"):
+        load_config(TINY_CONFIG, [*tiny_overrides, "data.synth_real=0.5"])
+    cfg = load_config(TINY_CONFIG, [*tiny_overrides, *SYNTH, "data.synth_real=0.25"])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.train_data, SynthPairDataset)
+    assert trainer.train_data.synth.p_real == 0.25
