@@ -237,7 +237,9 @@ def test_p_real_mixes_in_the_images_as_read(tiny_dataset) -> None:
     # the draw has its own stream: synthesised pairs are those of p_real = 0
     cfg0 = LabelSynthConfig(**FLAT.to_dict())
     mixed = SynthPairDataset(
-        tiny_dataset, seed=2, synth=LabelSynthConfig(**{**FLAT.to_dict(), "p_real": 0.5}),
+        tiny_dataset,
+        seed=2,
+        synth=LabelSynthConfig(**{**FLAT.to_dict(), "p_real": 0.5}),
         normalise=None,
     )
     pure = SynthPairDataset(tiny_dataset, seed=2, synth=cfg0, normalise=None)
