@@ -165,8 +165,8 @@ def test_head_by_head_checkpointed_path_matches_the_fused_one(d, spatial, region
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
     for ga, gb in zip(*grads):
         torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-10)
-    with torch.no_grad():  # without autograd the fused path runs
-        torch.testing.assert_close(by_head(z), outs[0], rtol=0, atol=0)
+    with torch.no_grad():  # without autograd the inference fast path runs (round-off apart)
+        torch.testing.assert_close(by_head(z), outs[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("d,spatial,region", CASES)

@@ -30,7 +30,7 @@ from torch import Tensor
 from maxca.errors import MaxcaInputError
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
-from maxca.layers.xca import XCALayer
+from maxca.layers.xca import XCALayer, autograd_free, dropout_active
 
 #: values of ``AttentionBlock(checkpoint=...)``
 CHECKPOINT_MODES = (False, True, "block", "segments", "fine")
@@ -64,20 +64,60 @@ class MultiAxisMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, *S, C)`` channels-last."""
+        if self.fast_path_applies(x):
+            return self._forward_fast(x)
         u, v = self.expand_halves(x)
         return self.project(self.branch_u(u), self.branch_v(v), x)
+
+    def fast_path_applies(self, x: Tensor) -> bool:
+        """Whether :meth:`_forward_fast` serves ``forward(x)``: no autograd, no autocast, no
+        active dropout, and both branches offer ``forward_into`` (the XCA layers do)."""
+        return (
+            autograd_free()
+            and not torch.is_autocast_enabled(x.device.type)
+            and not dropout_active(self)
+            and all(hasattr(b, "forward_into") for b in (self.branch_u, self.branch_v))
+        )
+
+    def _expand(self, h: Tensor, i: int) -> Tensor:
+        """Half ``i`` (0: u, 1: v) of ``GELU(Linear_{C->2C}(h))`` (B, *S, C); the GELU is
+        applied in place when autograd is off (the linear's output is ours)."""
+        C = h.shape[-1]
+        we = self.expand.weight[i * C : (i + 1) * C]
+        be = self.expand.bias[i * C : (i + 1) * C]
+        y = F.linear(h, we, be)
+        if autograd_free() and isinstance(self.act, nn.GELU):
+            return torch.ops.aten.gelu_(y, approximate=self.act.approximate)
+        return self.act(y)
 
     def expand_halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``GELU(Linear_{C->2C}(LayerNorm(x)))`` as its two halves ``u, v`` (B, *S, C) each.
 
         The C -> 2C expansion and the 2C -> C projection are applied as two halves each, so
         u and v come out contiguous and no concatenation is materialised (same arithmetic)."""
+        h = self.norm(x)
+        return self._expand(h, 0), self._expand(h, 1)
+
+    def _forward_fast(self, x: Tensor) -> Tensor:
+        """``forward`` without autograd: each branch adds its mixer output to its half in
+        place (``half + mixer(half)``, no new tensor), and the branches' output-projection
+        biases are folded into the 2C -> C projection's bias (``b_p + W_p [b_u; b_v]``, a
+        ``C``-vector) instead of being added to every voxel. The same function up to float
+        round-off."""
         C = x.shape[-1]
         h = self.norm(x)
-        we, be = self.expand.weight, self.expand.bias
-        u = self.act(F.linear(h, we[:C], be[:C]))  # (B, *S, C)
-        v = self.act(F.linear(h, we[C:], be[C:]))
-        return u, v
+        halves = []
+        for i, branch in enumerate((self.branch_u, self.branch_v)):
+            half = self._expand(h, i)  # (B, *S, C), ours: the branch may write into it
+            halves.append(branch.forward_into(half, out=half, bias=False))
+            del half
+        del h
+        wp = self.proj.weight
+        bias = torch.addmv(self.proj.bias, wp[:, :C], self.branch_u.output_bias())
+        bias = torch.addmv(bias, wp[:, C:], self.branch_v.output_bias())
+        out = F.linear(halves[0], wp[:, :C], bias)
+        out.view(-1, C).addmm_(halves[1].view(-1, C), wp[:, C:].t())
+        return out.add_(x)
 
     def project(self, u: Tensor, v: Tensor, x: Tensor) -> Tensor:
         """``x + Dropout(Linear_{2C->C}([u, v]))`` (B, *S, C)."""
@@ -111,15 +151,21 @@ class RCAB(nn.Module):
             nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid()
         )
 
-    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        """``x``: ``(B, *S, C)`` channels-last; returns ``x + SE(...)`` (``+ skip`` if given,
-        fused into the same pass)."""
+    def forward(self, x: Tensor, skip: Tensor | None = None, overwrite: bool = False) -> Tensor:
+        """``x``: ``(B, *S, C)`` channels-last; returns ``x + SE(...)`` (``+ skip`` if given).
+
+        ``overwrite``: the caller no longer needs ``x``; without autograd the result is then
+        accumulated in ``x``'s memory (no new tensor). Ignored while autograd records."""
         h = self.norm(x).movedim(-1, 1)  # (B, C, *S) in channels-last memory
         h = self.conv2(self.act(self.conv1(h))).movedim(1, -1)  # (B, *S, C)
         dims = tuple(range(1, 1 + self.spatial_dims))
         w = self.se(h.mean(dim=dims))  # (B, C)
         w = w.view(w.shape[0], *([1] * self.spatial_dims), w.shape[1])
-        out = torch.addcmul(x, h, w)
+        same_dtype = x.dtype == torch.promote_types(x.dtype, torch.result_type(h, w))
+        if overwrite and autograd_free() and same_dtype:
+            out = x.addcmul_(h, w)
+        else:
+            out = torch.addcmul(x, h, w)
         return out if skip is None else out.add_(skip)
 
 
@@ -199,7 +245,8 @@ class AttentionBlock(nn.Module):
         )
 
     def _body(self, x: Tensor) -> Tensor:
-        return self.rcab(self.mixer(x), skip=x)  # x + RCAB(mixer(x)), residual fused
+        # x + RCAB(mixer(x)); the mixer's output is a new tensor, so RCAB may accumulate in it
+        return self.rcab(self.mixer(x), skip=x, overwrite=True)
 
     def _body_segments(self, x: Tensor) -> Tensor:
         """``_body`` with each segment recomputed in backward (same numbers)."""

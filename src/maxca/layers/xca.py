@@ -75,6 +75,40 @@ def xca_mixing_matrix(
     return torch.softmax(gram / (qn * kn) * temperature, dim=-1)
 
 
+def xca_mixing_matrix_from_grams(grams: Tensor, temperature: Tensor, eps: float = 1e-12) -> Tensor:
+    """:func:`xca_mixing_matrix` from each head's joint Gram matrix of ``[q_h, k_h]``.
+
+    Args:
+        grams: ``(H, G, 2c, 2c)``: ``[q_h, k_h]^T [q_h, k_h]`` over the tokens of each group
+            (``q_h``, ``k_h``: ``(T, c)``). Its ``q_h^T k_h`` block is the head's
+            cross-covariance and the diagonals of its ``q_h^T q_h`` and ``k_h^T k_h`` blocks are
+            the squared token-axis norms, so one small GEMM per head replaces the
+            cross-covariance GEMM and two norm passes over ``q`` and ``k``.
+        temperature: ``(H, 1, 1)``.
+        eps: lower bound of the norms.
+
+    Returns:
+        ``(G, H, c, c)``, the same numbers as :func:`xca_mixing_matrix` up to round-off.
+    """
+    c = grams.shape[-1] // 2
+    gram = grams[..., :c, c:]  # (H, G, c, c)
+    qn = grams[..., :c, :c].diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(eps).unsqueeze(-1)
+    kn = grams[..., c:, c:].diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(eps).unsqueeze(-2)
+    attn = torch.softmax(gram / (qn * kn) * temperature.unsqueeze(1), dim=-1)
+    return attn.transpose(0, 1)  # (G, H, c, c)
+
+
+def autograd_free() -> bool:
+    """True when no graph is recorded (``torch.no_grad`` or inference mode): the layers'
+    fast inference paths may then reuse buffers in place."""
+    return not torch.is_grad_enabled()
+
+
+def dropout_active(module: nn.Module) -> bool:
+    """True if any dropout inside ``module`` would drop values (training mode, ``p > 0``)."""
+    return any(m.training and m.p > 0 for m in module.modules() if isinstance(m, nn.Dropout))
+
+
 class XCALayer(nn.Module):
     """One XCA layer: ``z + Dropout(Linear(XCA(Conv3^d(LayerNorm(z)))))`` with a token grouping.
 
@@ -204,8 +238,86 @@ class XCALayer(nn.Module):
             self.proj.bias,
         )
 
+    def fast_path_applies(self, z: Tensor) -> bool:
+        """Whether :meth:`forward_into` may serve ``forward(z)``: no autograd, no autocast,
+        no active dropout."""
+        return (
+            autograd_free()
+            and not torch.is_autocast_enabled(z.device.type)
+            and not dropout_active(self)
+        )
+
+    def output_bias(self) -> Tensor:
+        """The output projection's bias ``(C',)``: what ``forward_into(..., bias=False)``
+        leaves out."""
+        return self.proj.bias
+
+    def _qkv_by_head(self) -> tuple[Tensor, Tensor]:
+        """The qkv convolution's weight and bias with output channels reordered to
+        ``[q_0, k_0, q_1, k_1, ..., q_{H-1}, k_{H-1}, v]`` (``c`` channels each; ``v`` as
+        before), so that each head's ``[q_h, k_h]`` is one ``2c``-channel slice."""
+        Cp, H = self.channels, self.heads
+        c = Cp // H
+        dev = self.qkv.weight.device
+        qk = torch.arange(2 * Cp, device=dev).view(2, H, c).transpose(0, 1).reshape(-1)
+        idx = torch.cat([qk, torch.arange(2 * Cp, 3 * Cp, device=dev)])
+        return self.qkv.weight[idx], self.qkv.bias[idx]
+
+    def forward_into(self, z: Tensor, out: Tensor | None = None, bias: bool = True) -> Tensor:
+        """``forward(z)`` without autograd, written into ``out``: the inference fast path.
+
+        Args:
+            z: channels-last ``(B, *S, C')``; not modified.
+            out: ``(B, *S, C')``: ``z`` itself (the residual is then added in place, no new
+                tensor), another tensor that does not overlap ``z``, or None for a new
+                contiguous one.
+            bias: add the output projection's bias (False: leave it to the caller, who adds
+                a linear map of it, see :meth:`output_bias`).
+
+        Returns ``out``. The same function as :meth:`forward` up to float round-off; differs in
+        how it is computed: each head's cross-covariance and both token-axis norms come from one
+        ``2c x 2c`` Gram matrix of ``[q_h, k_h]`` (:func:`xca_mixing_matrix_from_grams`; the qkv
+        convolution's output channels are reordered for it, :meth:`_qkv_by_head`), and the
+        residual sum is written straight into ``out``. Only under ``torch.no_grad`` /
+        inference mode without autocast (:meth:`fast_path_applies`); dropout is not applied.
+        """
+        B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
+        c = Cp // H
+        if out is None:
+            out = torch.empty_like(z, memory_format=torch.contiguous_format)
+        h = self.norm(z).movedim(-1, 1)  # (B, C', *S), channels-last memory
+        w, b = self._qkv_by_head()
+        conv_fn = (F.conv2d, F.conv3d)[self.spatial_dims - 2]
+        qkv = conv_fn(h, w, b, padding=self.qkv.padding).movedim(1, -1)  # (B, *S, 3C')
+        region = spatial if self.grouping == "global" else self.region
+        qkv, pads = pad_to_multiple(qkv, region)  # zero tokens = masked out
+        padded = tuple(qkv.shape[1:-1])
+        tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3C'), [q0 k0 q1 k1 .. v]
+        del h, qkv
+        grams = tok.new_empty(H, tok.shape[0], 2 * c, 2 * c)
+        for hd in range(H):  # one small GEMM per head reads [q_h, k_h] once
+            a = tok[..., 2 * c * hd : 2 * c * (hd + 1)]  # (B*G, T, 2c) strided
+            torch.bmm(a.transpose(1, 2), a, out=grams[hd])
+        attn = xca_mixing_matrix_from_grams(grams, self.temperature)  # (B*G, H, c, c)
+        wp = self.proj.weight.view(Cp, H, c)
+        mix = torch.einsum("ghij,ohi->ghjo", attn, wp).reshape(-1, Cp, Cp)
+        v = tok[..., 2 * Cp :]  # (B*G, T, C') strided
+        o = torch.baddbmm(self.proj.bias, v, mix) if bias else torch.bmm(v, mix)
+        del tok, v
+        if self.grouping == "global":  # tokens are already in spatial order
+            return torch.add(z, o.view(z.shape), out=out)
+        ov = ungroup_view(o, B, padded, region, self.grouping)  # (B, g0, R0, ..., C')
+        if any(pads):
+            full = ov.reshape(B, *padded, Cp)  # one copy into spatial order
+            return torch.add(z, full[(slice(None), *(slice(0, s) for s in spatial))], out=out)
+        # residual add fused with the un-grouping: one pass, written through a view of out
+        torch.add(split_view(z, region), ov, out=out.view(ov.shape))
+        return out
+
     def forward(self, z: Tensor) -> Tensor:
         """``z``: channels-last ``(B, *S, C')`` -> same shape."""
+        if self.fast_path_applies(z):
+            return self.forward_into(z)
         if self.checkpoint_heads == "function" and torch.is_grad_enabled():
             if self.training and self.drop.p > 0:
                 return self._forward_by_head(z)  # dropout needs its RNG replayed: checkpoint
