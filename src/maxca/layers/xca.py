@@ -263,7 +263,13 @@ class XCALayer(nn.Module):
         idx = torch.cat([qk, torch.arange(2 * Cp, 3 * Cp, device=dev)])
         return self.qkv.weight[idx], self.qkv.bias[idx]
 
-    def forward_into(self, z: Tensor, out: Tensor | None = None, bias: bool = True) -> Tensor:
+    def forward_into(
+        self,
+        z: Tensor,
+        out: Tensor | None = None,
+        bias: bool = True,
+        spare: list[Tensor] | None = None,
+    ) -> Tensor:
         """``forward(z)`` without autograd, written into ``out``: the inference fast path.
 
         Args:
@@ -273,6 +279,9 @@ class XCALayer(nn.Module):
                 contiguous one.
             bias: add the output projection's bias (False: leave it to the caller, who adds
                 a linear map of it, see :meth:`output_bias`).
+            spare: if a list, the layer appends its largest dead buffer (its grouped tokens,
+                contiguous, ``3 x`` the size of ``z``; none for ``"global"`` grouping) for the
+                caller to reuse as memory (its values are meaningless).
 
         Returns ``out``. The same function as :meth:`forward` up to float round-off; differs in
         how it is computed: each head's cross-covariance and both token-axis norms come from one
@@ -283,8 +292,6 @@ class XCALayer(nn.Module):
         """
         B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
         c = Cp // H
-        if out is None:
-            out = torch.empty_like(z, memory_format=torch.contiguous_format)
         h = self.norm(z).movedim(-1, 1)  # (B, C', *S), channels-last memory
         w, b = self._qkv_by_head()
         conv_fn = (F.conv2d, F.conv3d)[self.spatial_dims - 2]
@@ -293,6 +300,10 @@ class XCALayer(nn.Module):
         qkv, pads = pad_to_multiple(qkv, region)  # zero tokens = masked out
         padded = tuple(qkv.shape[1:-1])
         tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3C'), [q0 k0 q1 k1 .. v]
+        # once grouped, qkv is dead (unless tok is a view of it, "global"): the product below
+        # is written into its memory instead of a new (B, *S, C') tensor (one fewer large
+        # allocation to page-fault in under the default allocator)
+        dead = qkv if tok.data_ptr() != qkv.data_ptr() and qkv.is_contiguous() else None
         del h, qkv
         grams = tok.new_empty(H, tok.shape[0], 2 * c, 2 * c)
         for hd in range(H):  # one small GEMM per head reads [q_h, k_h] once
@@ -302,16 +313,25 @@ class XCALayer(nn.Module):
         wp = self.proj.weight.view(Cp, H, c)
         mix = torch.einsum("ghij,ohi->ghjo", attn, wp).reshape(-1, Cp, Cp)
         v = tok[..., 2 * Cp :]  # (B*G, T, C') strided
-        o = torch.baddbmm(self.proj.bias, v, mix) if bias else torch.bmm(v, mix)
-        del tok, v
+        o = v.new_empty(v.shape) if dead is None else dead.view(-1)[: v.numel()].view(v.shape)
+        if bias:
+            torch.baddbmm(self.proj.bias, v, mix, out=o)  # (B*G, T, C')
+        else:
+            torch.bmm(v, mix, out=o)
+        del dead, v
+        if out is None:
+            out = torch.empty_like(z, memory_format=torch.contiguous_format)
         if self.grouping == "global":  # tokens are already in spatial order
             return torch.add(z, o.view(z.shape), out=out)
         ov = ungroup_view(o, B, padded, region, self.grouping)  # (B, g0, R0, ..., C')
-        if any(pads):
-            full = ov.reshape(B, *padded, Cp)  # one copy into spatial order
-            return torch.add(z, full[(slice(None), *(slice(0, s) for s in spatial))], out=out)
-        # residual add fused with the un-grouping: one pass, written through a view of out
-        torch.add(split_view(z, region), ov, out=out.view(ov.shape))
+        if any(pads):  # one copy into spatial order (into tok's dead memory), then crop
+            full = tok.view(-1)[: o.numel()].view(B, *padded, Cp)
+            full.view(ov.shape).copy_(ov)
+            torch.add(z, full[(slice(None), *(slice(0, s) for s in spatial))], out=out)
+        else:  # residual add fused with the un-grouping: one pass, through a view of out
+            torch.add(split_view(z, region), ov, out=out.view(ov.shape))
+        if spare is not None and tok.is_contiguous():
+            spare.append(tok)
         return out
 
     def forward(self, z: Tensor) -> Tensor:
