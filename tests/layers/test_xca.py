@@ -77,7 +77,10 @@ def make_layer(d: int, region, grouping: str, C: int = 8, H: int = 2) -> XCALaye
 def test_matches_naive_reference(d, spatial, region, grouping):
     layer = make_layer(d, region, grouping)
     z = torch.randn(2, *spatial, 8)
-    torch.testing.assert_close(layer(z), naive_xca(layer, z), rtol=1e-9, atol=1e-9)
+    ref = naive_xca(layer, z)
+    torch.testing.assert_close(layer(z), ref, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():  # the inference fast path (forward_into)
+        torch.testing.assert_close(layer(z), ref, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("d,spatial,region", CASES)
