@@ -64,6 +64,8 @@ def test_fast_path_equals_the_autograd_path(d, spatial, kind, dtype, rtol, monke
     with torch.inference_mode():
         fast_inf = m(x)
     assert torch.equal(x, x0)  # the caller's input is never written into
+    # the output owns exactly its own memory (no view into a larger reused buffer)
+    assert fast.untyped_storage().nbytes() == fast.numel() * fast.element_size()
     scale = ref.abs().max()
     torch.testing.assert_close(fast, ref, rtol=rtol, atol=rtol * scale)
     torch.testing.assert_close(fast_inf, fast, rtol=0, atol=0)

@@ -106,24 +106,17 @@ class MultiAxisMixer(nn.Module):
         round-off."""
         C = x.shape[-1]
         h = self.norm(x)
-        halves, spare = [], []
+        halves = []
         for i, branch in enumerate((self.branch_u, self.branch_v)):
             half = self._expand(h, i)  # (B, *S, C), ours: the branch may write into it
-            # the second branch hands back its dead token buffer: the output goes there
-            halves.append(
-                branch.forward_into(half, out=half, bias=False, spare=spare if i else None)
-            )
+            halves.append(branch.forward_into(half, out=half, bias=False))
             del half
         del h
         wp = self.proj.weight
         bias = torch.addmv(self.proj.bias, wp[:, :C], self.branch_u.output_bias())
         bias = torch.addmv(bias, wp[:, C:], self.branch_v.output_bias())
         u2, v2 = halves[0].view(-1, C), halves[1].view(-1, C)  # (N, C)
-        n = u2.shape[0] * C
-        buf = spare[0] if spare and spare[0].numel() >= n and spare[0].dtype == x.dtype else None
-        out = u2.new_empty(u2.shape) if buf is None else buf.view(-1)[:n].view(u2.shape)
-        del spare, buf
-        torch.addmm(bias, u2, wp[:, :C].t(), out=out).addmm_(v2, wp[:, C:].t())
+        out = torch.addmm(bias, u2, wp[:, :C].t()).addmm_(v2, wp[:, C:].t())
         return out.view(x.shape).add_(x)  # (B, *S, C)
 
     def project(self, u: Tensor, v: Tensor, x: Tensor) -> Tensor:

@@ -268,7 +268,6 @@ class XCALayer(nn.Module):
         z: Tensor,
         out: Tensor | None = None,
         bias: bool = True,
-        spare: list[Tensor] | None = None,
     ) -> Tensor:
         """``forward(z)`` without autograd, written into ``out``: the inference fast path.
 
@@ -279,9 +278,6 @@ class XCALayer(nn.Module):
                 contiguous one.
             bias: add the output projection's bias (False: leave it to the caller, who adds
                 a linear map of it, see :meth:`output_bias`).
-            spare: if a list, the layer appends its largest dead buffer (its grouped tokens,
-                contiguous, ``3 x`` the size of ``z``; none for ``"global"`` grouping) for the
-                caller to reuse as memory (its values are meaningless).
 
         Returns ``out``. The same function as :meth:`forward` up to float round-off; differs in
         how it is computed: each head's cross-covariance and both token-axis norms come from one
@@ -330,8 +326,6 @@ class XCALayer(nn.Module):
             torch.add(z, full[(slice(None), *(slice(0, s) for s in spatial))], out=out)
         else:  # residual add fused with the un-grouping: one pass, through a view of out
             torch.add(split_view(z, region), ov, out=out.view(ov.shape))
-        if spare is not None and tok.is_contiguous():
-            spare.append(tok)
         return out
 
     def forward(self, z: Tensor) -> Tensor:
