@@ -16,6 +16,11 @@ to the token-axis norms, so padded tokens are exactly masked out: the output at 
 independent of how much padding a size needs. Normalisation is applied to the small ``c x c``
 Gram matrix instead of the large ``q``/``k`` tensors (the same numbers, two fewer passes over
 memory).
+
+Without autograd (``torch.no_grad`` / inference mode), :meth:`XCALayer.forward_into` computes
+the same function faster: one ``2c x 2c`` Gram matrix of ``[q_h, k_h]`` per head yields the
+cross-covariance and both norms at once, and buffers are reused in place. The path autograd
+records is unchanged.
 """
 
 from __future__ import annotations
