@@ -71,12 +71,14 @@ class MultiAxisMixer(nn.Module):
 
     def fast_path_applies(self, x: Tensor) -> bool:
         """Whether :meth:`_forward_fast` serves ``forward(x)``: no autograd, no autocast, no
-        active dropout, and both branches offer ``forward_into`` (the XCA layers do)."""
+        active dropout, and both branches offer ``forward_into`` and ``output_bias`` (the XCA
+        layers do)."""
+        branches = (self.branch_u, self.branch_v)
         return (
             autograd_free()
             and not torch.is_autocast_enabled(x.device.type)
             and not dropout_active(self)
-            and all(hasattr(b, "forward_into") for b in (self.branch_u, self.branch_v))
+            and all(hasattr(b, "forward_into") and hasattr(b, "output_bias") for b in branches)
         )
 
     def _expand(self, h: Tensor, i: int) -> Tensor:

@@ -277,7 +277,7 @@ class XCALayer(nn.Module):
         """``forward(z)`` without autograd, written into ``out``: the inference fast path.
 
         Args:
-            z: channels-last ``(B, *S, C')``; not modified.
+            z: channels-last ``(B, *S, C')``; not modified unless ``out`` is ``z``.
             out: ``(B, *S, C')``: ``z`` itself (the residual is then added in place, no new
                 tensor), another tensor that does not overlap ``z``, or None for a new
                 contiguous one.
