@@ -30,7 +30,7 @@ from torch import Tensor
 from maxca.errors import MaxcaInputError
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
-from maxca.layers.xca import XCALayer, autograd_free, dropout_active
+from maxca.layers.xca import XCALayer, autograd_free, inference_fast_path
 
 #: values of ``AttentionBlock(checkpoint=...)``
 CHECKPOINT_MODES = (False, True, "block", "segments", "fine")
@@ -74,11 +74,8 @@ class MultiAxisMixer(nn.Module):
         active dropout, and both branches offer ``forward_into`` and ``output_bias`` (the XCA
         layers do)."""
         branches = (self.branch_u, self.branch_v)
-        return (
-            autograd_free()
-            and not torch.is_autocast_enabled(x.device.type)
-            and not dropout_active(self)
-            and all(hasattr(b, "forward_into") and hasattr(b, "output_bias") for b in branches)
+        return inference_fast_path(self, x) and all(
+            hasattr(b, "forward_into") and hasattr(b, "output_bias") for b in branches
         )
 
     def _expand(self, h: Tensor, i: int) -> Tensor:
@@ -275,16 +272,12 @@ class AttentionBlock(nn.Module):
 
     def _expand(self, x: Tensor, i: int) -> Tensor:
         """Half ``i`` (0: u, 1: v) of ``GELU(Linear_{C->2C}(LayerNorm(x)))``: (B, *S, C)."""
-        mix, C = self.mixer, x.shape[-1]
-        we, be = mix.expand.weight[i * C : (i + 1) * C], mix.expand.bias[i * C : (i + 1) * C]
-        return mix.act(F.linear(mix.norm(x), we, be))
+        return self.mixer._expand(self.mixer.norm(x), i)
 
     def _half(self, x: Tensor, i: int) -> Tensor:
         """Branch ``i`` (0: u, 1: v) of the mixer on ``x`` (B, *S, C), its expansion included."""
-        mix, C = self.mixer, x.shape[-1]
-        we, be = mix.expand.weight[i * C : (i + 1) * C], mix.expand.bias[i * C : (i + 1) * C]
-        half = mix.act(F.linear(mix.norm(x), we, be))
-        return (mix.branch_u, mix.branch_v)[i](half)
+        mix = self.mixer
+        return (mix.branch_u, mix.branch_v)[i](self._expand(x, i))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, C, *S)`` -> ``(B, C, *S)``; refused up front beyond ``max_tokens``."""

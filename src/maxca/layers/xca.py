@@ -114,6 +114,16 @@ def dropout_active(module: nn.Module) -> bool:
     return any(m.training and m.p > 0 for m in module.modules() if isinstance(m, nn.Dropout))
 
 
+def inference_fast_path(module: nn.Module, x: Tensor) -> bool:
+    """Whether ``module``'s in-place inference path may serve a call on ``x``: no autograd, no
+    autocast on ``x``'s device, no active dropout inside ``module``."""
+    return (
+        autograd_free()
+        and not torch.is_autocast_enabled(x.device.type)
+        and not dropout_active(module)
+    )
+
+
 class XCALayer(nn.Module):
     """One XCA layer: ``z + Dropout(Linear(XCA(Conv3^d(LayerNorm(z)))))`` with a token grouping.
 
@@ -246,11 +256,7 @@ class XCALayer(nn.Module):
     def fast_path_applies(self, z: Tensor) -> bool:
         """Whether :meth:`forward_into` may serve ``forward(z)``: no autograd, no autocast,
         no active dropout."""
-        return (
-            autograd_free()
-            and not torch.is_autocast_enabled(z.device.type)
-            and not dropout_active(self)
-        )
+        return inference_fast_path(self, z)
 
     def output_bias(self) -> Tensor:
         """The output projection's bias ``(C',)``: what ``forward_into(..., bias=False)``
