@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maxca.errors import MaxcaInputError
+from maxca.layers import scratch as _scratch
 from maxca.layers.checkpoint import maybe_checkpoint
 from maxca.layers.factories import check_spatial_dims, conv_cls
+from maxca.layers.scratch import Scratch, layer_norm
 from maxca.layers.xca import XCALayer, autograd_free, inference_fast_path
 
 #: values of ``AttentionBlock(checkpoint=...)``
@@ -97,26 +99,54 @@ class MultiAxisMixer(nn.Module):
         h = self.norm(x)
         return self._expand(h, 0), self._expand(h, 1)
 
-    def _forward_fast(self, x: Tensor) -> Tensor:
+    def _forward_fast(self, x: Tensor, scratch: Scratch | None = None) -> Tensor:
         """``forward`` without autograd: each branch adds its mixer output to its half in
         place (``half + mixer(half)``, no new tensor), and the branches' output-projection
         biases are folded into the 2C -> C projection's bias (``b_p + W_p [b_u; b_v]``, a
         ``C``-vector) instead of being added to every voxel. The same function up to float
-        round-off."""
+        round-off.
+
+        LayerNorm, expansion and GELU run fused over chunks of voxels
+        (:data:`~maxca.layers.scratch.ROWS_PER_CHUNK`), so the LayerNorm output is never a
+        full-size tensor. With ``scratch``, the halves ``u``, ``v`` are given to it once the
+        projection has read them (the caller's next LayerNorm may reuse them)."""
         C = x.shape[-1]
-        h = self.norm(x)
-        halves = []
+        halves = self._expand_fused(x)  # u, v: (B, *S, C) each, ours
         for i, branch in enumerate((self.branch_u, self.branch_v)):
-            half = self._expand(h, i)  # (B, *S, C), ours: the branch may write into it
-            halves.append(branch.forward_into(half, out=half, bias=False))
-            del half
-        del h
+            halves[i] = branch.forward_into(halves[i], out=halves[i], bias=False, scratch=scratch)
         wp = self.proj.weight
         bias = torch.addmv(self.proj.bias, wp[:, :C], self.branch_u.output_bias())
         bias = torch.addmv(bias, wp[:, C:], self.branch_v.output_bias())
         u2, v2 = halves[0].view(-1, C), halves[1].view(-1, C)  # (N, C)
         out = torch.addmm(bias, u2, wp[:, :C].t()).addmm_(v2, wp[:, C:].t())
+        if scratch is not None:
+            del u2, v2
+            for half in halves:
+                scratch.give(half)
         return out.view(x.shape).add_(x)  # (B, *S, C)
+
+    def _expand_fused(self, x: Tensor) -> list[Tensor]:
+        """``[u, v] = GELU(Linear_{C->2C}(LayerNorm(x)))`` without autograd, chunk by chunk of
+        voxels: each chunk's LayerNorm output is small and in cache when both halves' GEMMs
+        read it. ``x``: ``(B, *S, C)``; returns two new contiguous ``(B, *S, C)`` tensors.
+        The same kernels per row as :meth:`expand_halves`, so the same numbers."""
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)
+        halves = [x.new_empty(x.shape) for _ in range(2)]
+        flat = [h.view(-1, C) for h in halves]
+        we, be = self.expand.weight, self.expand.bias
+        gelu = isinstance(self.act, nn.GELU)
+        rows = _scratch.ROWS_PER_CHUNK
+        for r in range(0, x2.shape[0], rows):
+            hc = self.norm(x2[r : r + rows])
+            for i in range(2):
+                oc = flat[i][r : r + rows]
+                torch.addmm(be[i * C : (i + 1) * C], hc, we[i * C : (i + 1) * C].t(), out=oc)
+                if gelu:
+                    torch.ops.aten.gelu_(oc, approximate=self.act.approximate)
+                else:
+                    oc.copy_(self.act(oc))
+        return halves
 
     def project(self, u: Tensor, v: Tensor, x: Tensor) -> Tensor:
         """``x + Dropout(Linear_{2C->C}([u, v]))`` (B, *S, C)."""
@@ -150,13 +180,27 @@ class RCAB(nn.Module):
             nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid()
         )
 
-    def forward(self, x: Tensor, skip: Tensor | None = None, overwrite: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        skip: Tensor | None = None,
+        overwrite: bool = False,
+        scratch: Scratch | None = None,
+    ) -> Tensor:
         """``x``: ``(B, *S, C)`` channels-last; returns ``x + SE(...)`` (``+ skip`` if given).
 
         ``overwrite``: the caller no longer needs ``x``; without autograd the result is then
-        accumulated in ``x``'s memory (no new tensor). Ignored while autograd records."""
-        h = self.norm(x).movedim(-1, 1)  # (B, C, *S) in channels-last memory
-        h = self.conv2(self.act(self.conv1(h))).movedim(1, -1)  # (B, *S, C)
+        accumulated in ``x``'s memory (no new tensor). Ignored while autograd records.
+        ``scratch``: dead buffers of the caller's call (no autograd only): the LayerNorm output
+        is written into one of them, and the pool is emptied before the convolutions."""
+        if scratch is not None and autograd_free():
+            n = layer_norm(self.norm, x, scratch)
+            scratch.clear()  # nothing after this point fits a pooled buffer: free them
+        else:
+            n = self.norm(x)
+        h = self.conv1(n.movedim(-1, 1))  # (B, C, *S) in channels-last memory
+        del n
+        h = self.conv2(self.act(h)).movedim(1, -1)  # (B, *S, C)
         dims = tuple(range(1, 1 + self.spatial_dims))
         w = self.se(h.mean(dim=dims))  # (B, C)
         w = w.view(w.shape[0], *([1] * self.spatial_dims), w.shape[1])
@@ -245,7 +289,18 @@ class AttentionBlock(nn.Module):
 
     def _body(self, x: Tensor) -> Tensor:
         # x + RCAB(mixer(x)); the mixer's output is a new tensor, so RCAB may accumulate in it
+        if self.mixer.fast_path_applies(x):
+            return self._body_fast(x)
         return self.rcab(self.mixer(x), skip=x, overwrite=True)
+
+    def _body_fast(self, x: Tensor) -> Tensor:
+        """``_body`` without autograd, with one :class:`~maxca.layers.scratch.Scratch` for the
+        whole call: the mixer's and the branches' dead LayerNorm and token buffers are reused
+        by later LayerNorms and groupings of the same call (RCAB's included), and dropped at
+        its end. The same numbers as ``_body``."""
+        pool = Scratch()
+        m = self.mixer._forward_fast(x, scratch=pool)
+        return self.rcab(m, skip=x, overwrite=True, scratch=pool)  # its LayerNorm into u or v
 
     def _body_segments(self, x: Tensor) -> Tensor:
         """``_body`` with each segment recomputed in backward (same numbers)."""

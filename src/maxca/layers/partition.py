@@ -53,6 +53,17 @@ def pad_to_multiple(x: Tensor, region: Sequence[int]) -> tuple[Tensor, tuple[int
     return F.pad(x, spec), pads
 
 
+def split_shape(shape: Sequence[int], region: Sequence[int]) -> tuple[int, ...]:
+    """``(B, *S, *tail)`` -> ``(B, g0, R0, g1, R1, ..., *tail)`` with ``g = S // R`` per axis
+    (``S`` a multiple of ``region``): the shape of :func:`split_view`, for ``Tensor.view``
+    (splitting axes is always a view, whatever the strides)."""
+    d = len(region)
+    out: list[int] = [int(shape[0])]
+    for s, r in zip(shape[1 : 1 + d], region):
+        out += [int(s) // r, r]
+    return (*out, *(int(s) for s in shape[1 + d :]))
+
+
 def _split_view(x: Tensor, region: Sequence[int]) -> tuple[Tensor, tuple[int, ...]]:
     """View ``(B, *S, *tail)`` as ``(B, g0, R0, g1, R1, ..., *tail)``; returns grid counts ``g``."""
     d = len(region)
@@ -69,13 +80,17 @@ def channels_last_format(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
-def group_tokens(x: Tensor, region: Sequence[int], grouping: str) -> Tensor:
+def group_tokens(
+    x: Tensor, region: Sequence[int], grouping: str, out: Tensor | None = None
+) -> Tensor:
     """Group a channels-last tensor into token sequences, channels kept innermost.
 
     Args:
         x: ``(B, *S, C)``, ``S`` a multiple of ``region`` on every axis.
         region: region size per axis.
         grouping: ``"regional"``, ``"dilated"`` or ``"global"``.
+        out: optional contiguous tensor of ``x.numel()`` elements to copy the tokens into
+            (the result is a view of it; not used by ``"global"``, which copies nothing).
 
     Returns:
         ``(B * G, T, C)`` contiguous (one copy; none for ``"global"``): ``G`` groups of ``T``
@@ -98,7 +113,11 @@ def group_tokens(x: Tensor, region: Sequence[int], grouping: str) -> Tensor:
     n_tok = 1
     for a in inner:
         n_tok *= t.shape[a]
-    return t.permute(0, *outer, *inner, 1 + 2 * d).reshape(-1, n_tok, C)
+    perm = t.permute(0, *outer, *inner, 1 + 2 * d)
+    if out is None:
+        return perm.reshape(-1, n_tok, C)
+    out.view(perm.shape).copy_(perm)
+    return out.view(-1, n_tok, C)
 
 
 def ungroup_view(

@@ -25,6 +25,7 @@ records is unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -40,9 +41,17 @@ from maxca.layers.partition import (
     as_tuple,
     group_tokens,
     pad_to_multiple,
+    padding_for,
+    split_shape,
     split_view,
     ungroup_view,
 )
+from maxca.layers.scratch import Scratch, layer_norm
+
+#: target size in bytes of one chunk of grouped tokens in the inference fast path
+#: (:meth:`XCALayer._mix_chunked`): large enough that each chunk's GEMMs run at full speed, small
+#: enough that the chunk buffers are a fraction of the ``(B*G, T, 3C')`` tokens they replace.
+XCA_CHUNK_BYTES = 32 << 20
 
 
 def check_heads(channels: int, heads: int) -> None:
@@ -279,6 +288,7 @@ class XCALayer(nn.Module):
         z: Tensor,
         out: Tensor | None = None,
         bias: bool = True,
+        scratch: Scratch | None = None,
     ) -> Tensor:
         """``forward(z)`` without autograd, written into ``out``: the inference fast path.
 
@@ -289,24 +299,42 @@ class XCALayer(nn.Module):
                 contiguous one.
             bias: add the output projection's bias (False: leave it to the caller, who adds
                 a linear map of it, see :meth:`output_bias`).
+            scratch: dead buffers of the caller's call (:class:`~maxca.layers.scratch.Scratch`):
+                the LayerNorm output is written into a pooled buffer when one fits (and given
+                back once the qkv convolution has read it), as are the grouped tokens on the
+                padded and global paths; no new memory to page-fault in under the default
+                allocator. None: new tensors.
 
         Returns ``out``. The same function as :meth:`forward` up to float round-off; differs in
         how it is computed: each head's cross-covariance and both token-axis norms come from one
         ``2c x 2c`` Gram matrix of ``[q_h, k_h]`` (:func:`xca_mixing_matrix_from_grams`; the qkv
         convolution's output channels are reordered for it, :meth:`_qkv_by_head`), and the
-        residual sum is written straight into ``out``. Only under ``torch.no_grad`` /
+        residual sum is written straight into ``out``. When the size is a multiple of the
+        region (no padding), regional and dilated groupings run a chunk of groups at a time
+        (:meth:`_mix_chunked`), never materialising the grouped tokens. Only under ``torch.no_grad`` /
         inference mode without autocast (:meth:`fast_path_applies`); dropout is not applied.
         """
         B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
         c = Cp // H
-        h = self.norm(z).movedim(-1, 1)  # (B, C', *S), channels-last memory
+        h = layer_norm(self.norm, z, scratch)  # (B, *S, C')
         w, b = self._qkv_by_head()
         conv_fn = (F.conv2d, F.conv3d)[self.spatial_dims - 2]
-        qkv = conv_fn(h, w, b, padding=self.qkv.padding).movedim(1, -1)  # (B, *S, 3C')
+        qkv = conv_fn(h.movedim(-1, 1), w, b, padding=self.qkv.padding).movedim(1, -1)
+        if scratch is not None:  # (B, *S, 3C') exists: h is dead
+            scratch.give(h)
         region = spatial if self.grouping == "global" else self.region
+        if out is None:
+            out = torch.empty_like(z, memory_format=torch.contiguous_format)
+        if self.grouping != "global" and not any(padding_for(spatial, region)):
+            self._mix_chunked(qkv, z, out, bias)
+            return out
         qkv, pads = pad_to_multiple(qkv, region)  # zero tokens = masked out
         padded = tuple(qkv.shape[1:-1])
-        tok = group_tokens(qkv, region, self.grouping)  # (B*G, T, 3C'), [q0 k0 q1 k1 .. v]
+        tok_buf = None
+        if scratch is not None and self.grouping != "global":
+            tok_buf = scratch.take((qkv.numel(),), qkv)
+        # (B*G, T, 3C'), channels [q0 k0 q1 k1 .. v]
+        tok = group_tokens(qkv, region, self.grouping, out=tok_buf)
         # once grouped, qkv is dead (unless tok is a view of it, "global"): the product below
         # is written into its memory instead of a new (B, *S, C') tensor (one fewer large
         # allocation to page-fault in under the default allocator)
@@ -326,8 +354,6 @@ class XCALayer(nn.Module):
         else:
             torch.bmm(v, mix, out=o)
         del dead, v
-        if out is None:
-            out = torch.empty_like(z, memory_format=torch.contiguous_format)
         if self.grouping == "global":  # tokens are already in spatial order
             return torch.add(z, o.view(z.shape), out=out)
         ov = ungroup_view(o, B, padded, region, self.grouping)  # (B, g0, R0, ..., C')
@@ -335,9 +361,67 @@ class XCALayer(nn.Module):
             full = tok.view(-1)[: o.numel()].view(B, *padded, Cp)
             full.view(ov.shape).copy_(ov)
             torch.add(z, full[(slice(None), *(slice(0, s) for s in spatial))], out=out)
+            del full
         else:  # residual add fused with the un-grouping: one pass, through a view of out
             torch.add(split_view(z, region), ov, out=out.view(ov.shape))
+        if scratch is not None:  # the grouped tokens are dead: the caller's next call may reuse
+            del ov, o
+            scratch.give(tok)
         return out
+
+    def _mix_chunked(self, qkv: Tensor, z: Tensor, out: Tensor, bias: bool) -> None:
+        """``out = z + XCA output`` from ``qkv`` ``(B, *S, 3C')`` (channels
+        ``[q0 k0 q1 k1 .. v]``, ``S`` a multiple of the region), a chunk of groups at a time.
+
+        The groups are cut along the first axis of the grouping's outer grid (regions along
+        axis 0 for ``"regional"``, in-region offsets along axis 0 for ``"dilated"``): each
+        chunk's tokens are copied into one small buffer reused by every chunk, its mixing
+        matrices computed, ``v A^T`` written into a second small buffer and added, un-grouped,
+        into ``out``'s view of that chunk. No ``(B*G, T, 3C')`` token tensor is materialised:
+        under the default allocator the call page-faults in ~1/``chunks`` of that memory, and
+        its peak is lower by it. Numbers: identical per group to the unchunked path (each group's
+        Gram, softmax and product are computed alone either way)."""
+        H, Cp, d = self.heads, self.channels, self.spatial_dims
+        c = Cp // H
+        region = self.region
+        t = qkv.view(split_shape(qkv.shape, region))  # (B, g0, R0, g1, R1, ..., 3C')
+        zs = z.view(split_shape(z.shape, region))
+        os_ = out.view(split_shape(out.shape, region))
+        g_axes = [1 + 2 * i for i in range(d)]
+        r_axes = [2 + 2 * i for i in range(d)]
+        outer, inner = (g_axes, r_axes) if self.grouping == "regional" else (r_axes, g_axes)
+        perm = [0, *outer, *inner, 1 + 2 * d]
+        inv = [perm.index(i) for i in range(len(perm))]
+        axis = outer[0]
+        n_axis = t.shape[axis]
+        n_chunks = max(1, min(n_axis, -(-qkv.numel() * qkv.element_size() // XCA_CHUNK_BYTES)))
+        step = -(-n_axis // n_chunks)
+        n_tok = math.prod(t.shape[a] for a in inner)
+        per = qkv.numel() // n_axis  # elements of qkv per index of the chunked axis
+        tok_buf = qkv.new_empty(per * step)
+        o_buf = qkv.new_empty(per // 3 * step)
+        wp = self.proj.weight.view(Cp, H, c)
+        b = self.proj.bias if bias else None
+        for a in range(0, n_axis, step):
+            n = min(step, n_axis - a)
+            tc = t.narrow(axis, a, n).permute(*perm)  # (B, *outer_c, *inner, 3C')
+            tok = tok_buf[: tc.numel()].view(tc.shape)
+            tok.copy_(tc)
+            tok = tok.view(-1, n_tok, 3 * Cp)  # (G_c, T, 3C')
+            grams = tok.new_empty(H, tok.shape[0], 2 * c, 2 * c)
+            for hd in range(H):
+                qk = tok[..., 2 * c * hd : 2 * c * (hd + 1)]  # (G_c, T, 2c) strided
+                torch.bmm(qk.transpose(1, 2), qk, out=grams[hd])
+            attn = xca_mixing_matrix_from_grams(grams, self.temperature)  # (G_c, H, c, c)
+            mix = torch.einsum("ghij,ohi->ghjo", attn, wp).reshape(-1, Cp, Cp)
+            v = tok[..., 2 * Cp :]  # (G_c, T, C') strided
+            o = o_buf[: v.numel()].view(v.shape)
+            if b is not None:
+                torch.baddbmm(b, v, mix, out=o)
+            else:
+                torch.bmm(v, mix, out=o)
+            ov = o.view(*tc.shape[:-1], Cp).permute(*inv)  # (B, g0_c, R0, ..., C') split order
+            torch.add(zs.narrow(axis, a, n), ov, out=os_.narrow(axis, a, n))
 
     def forward(self, z: Tensor) -> Tensor:
         """``z``: channels-last ``(B, *S, C')`` -> same shape."""
