@@ -136,7 +136,8 @@ class MultiAxisMixer(nn.Module):
         flat = [h.view(-1, C) for h in halves]
         we, be = self.expand.weight, self.expand.bias
         gelu = isinstance(self.act, nn.GELU)
-        rows = _scratch.ROWS_PER_CHUNK
+        # on CPU, chunks that stay in cache; elsewhere (CUDA) one chunk: no launches per chunk
+        rows = _scratch.ROWS_PER_CHUNK if x.device.type == "cpu" else max(1, x2.shape[0])
         for r in range(0, x2.shape[0], rows):
             hc = self.norm(x2[r : r + rows])
             for i in range(2):

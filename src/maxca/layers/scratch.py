@@ -78,6 +78,8 @@ def layer_norm(norm: nn.LayerNorm, x: Tensor, scratch: Scratch | None = None) ->
     one and copy it)."""
     if scratch is None or len(norm.normalized_shape) != 1 or not x.is_contiguous():
         return norm(x)
+    if x.device.type != "cpu":  # page faults are a CPU cost; CUDA's allocator caches
+        return norm(x)
     out = scratch.take(x.shape, x, new=False)
     if out is None:  # nothing pooled fits: one new tensor, as nn.LayerNorm would make
         return norm(x)

@@ -311,8 +311,9 @@ class XCALayer(nn.Module):
         convolution's output channels are reordered for it, :meth:`_qkv_by_head`), and the
         residual sum is written straight into ``out``. When the size is a multiple of the
         region (no padding), regional and dilated groupings run a chunk of groups at a time
-        (:meth:`_mix_chunked`), never materialising the grouped tokens. Only under ``torch.no_grad`` /
-        inference mode without autocast (:meth:`fast_path_applies`); dropout is not applied.
+        (:meth:`_mix_chunked`), never materialising the grouped tokens. Only under
+        ``torch.no_grad`` / inference mode without autocast (:meth:`fast_path_applies`);
+        dropout is not applied.
         """
         B, spatial, Cp, H = z.shape[0], tuple(z.shape[1:-1]), self.channels, self.heads
         c = Cp // H
