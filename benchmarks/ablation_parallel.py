@@ -8,8 +8,9 @@ seeds) needs tens of core-hours on CPU; on a machine with many cores, or a GPU t
 1. prepares the data once (the 2-D slice dataset is written into ``--cache`` before any cell
    starts, so the cells never race to build it);
 2. runs ``--jobs`` cells at a time, each ``ablation.py`` for one (host, kind, seed) in its own
-   folder ``OUT/cells/<host>-<kind>-s<seed>/`` with its own log (resumable: a finished cell is
-   skipped, an interrupted one continues from its ``checkpoints/last``);
+   folder ``OUT/cells/<host>-<kind>-s<seed>/`` with its own log (resumable: a finished cell,
+   one whose ``ablation.csv`` has its row at ``--steps``, is kept as it is; an interrupted one
+   continues from its ``checkpoints/last``);
 3. concatenates the cells' ``ablation.csv`` and ``ablation_pairs.csv`` into ``OUT`` (the
    affine-only rows once) and runs ``ablation.py --report`` there (tables, paired tests, figure);
 4. draws ``ablation_curves.png``: the trainer's validation Dice against the step for every cell
@@ -106,6 +107,18 @@ def merge_cells(out: Path, cells: Sequence[Path]) -> tuple[int, int]:
         _write(out / "ablation.csv", rows)
         _write(out / "ablation_pairs.csv", pair_rows)
     return len(rows), len(pair_rows)
+
+
+def cell_finished(cell: Path, host: str, kind: str, seed: int, steps: int) -> bool:
+    """Whether ``cell`` already holds the scored result of ``host``/``kind``/``seed`` trained for
+    ``steps`` (its ``ablation.csv`` row): such a cell is kept as it is, not re-evaluated."""
+    return any(
+        r.get("host") == host
+        and r.get("attention") == kind
+        and r.get("seed") == str(seed)
+        and r.get("steps") == str(steps)
+        for r in _read(cell / "ablation.csv")
+    )
 
 
 def plot_curves(out: Path, cells: Sequence[tuple[str, str, int, Path]]) -> Path | None:
@@ -211,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     while queue or running:
         while queue and len(running) < args.jobs:
             host, kind, seed, cell = queue.pop(0)
+            if cell_finished(cell, host, kind, seed, args.steps):
+                print(f"kept {cell.name} (finished earlier)", flush=True)
+                continue
             cell.mkdir(parents=True, exist_ok=True)
             cmd = [
                 sys.executable,

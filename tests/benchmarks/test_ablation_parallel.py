@@ -17,13 +17,15 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_parallel_cells_merge_into_the_sequential_result(tiny_dataset: Path, tmp_path: Path):
+def test_parallel_cells_merge_into_the_sequential_result(
+    tiny_dataset: Path, tmp_path: Path, capsys
+):
     grid = ["--hosts", "unet", "--attentions", "xca,none", "--seeds", "0"]
     common = ["--setting", "3d", "--data", str(tiny_dataset), "--steps", "2", "--threads", "1",
               "--device", "cpu", *grid]  # fmt: skip
     par = tmp_path / "par"
-    argv = [*common, "--jobs", "2", "--out", str(par), "--", "--small", "--val-every", "1"]
-    assert ablation_parallel.main(argv) == 0
+    argv_par = [*common, "--jobs", "2", "--out", str(par), "--", "--small", "--val-every", "1"]
+    assert ablation_parallel.main(argv_par) == 0
     seq = tmp_path / "seq"
     argv = [*common, "--out", str(seq), "--small", "--val-every", "1", "--no-plot"]
     assert ablation.main(argv) == 0
@@ -42,6 +44,16 @@ def test_parallel_cells_merge_into_the_sequential_result(tiny_dataset: Path, tmp
     assert (par / "ablation_curves.png").stat().st_size > 5_000
     for cell in ("unet-xca-s0", "unet-none-s0"):
         assert (par / "cells" / cell / "ablation.log").is_file()
+
+    # a second call keeps the finished cells as they are (not re-evaluated) and merges again
+    cell_csv = par / "cells" / "unet-xca-s0" / "ablation.csv"
+    before = (cell_csv.stat().st_mtime_ns, cell_csv.read_bytes())
+    capsys.readouterr()
+    assert ablation_parallel.main(argv_par) == 0
+    assert "kept unet-xca-s0 (finished earlier)" in capsys.readouterr().out
+    assert (cell_csv.stat().st_mtime_ns, cell_csv.read_bytes()) == before
+    again = {(r["host"], r["attention"]): r["dice_mean"] for r in _rows(par / "ablation.csv")}
+    assert again == {key: r["dice_mean"] for key, r in par_rows.items()}
 
 
 def test_options_of_the_launcher_are_refused_after_the_separator(tmp_path: Path, capsys):
