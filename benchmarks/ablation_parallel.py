@@ -21,6 +21,8 @@ seeds) needs tens of core-hours on CPU; on a machine with many cores, or a GPU t
 Every option after ``--`` is passed to each ``ablation.py`` call unchanged (e.g. ``--small
 --lr 1e-3 --val-every 500``); ``--hosts``, ``--attentions``, ``--seeds``, ``--setting``,
 ``--out``, ``--cache``, ``--steps``, ``--device`` and ``--threads`` belong to this script.
+``--merge-only`` runs no cell: it merges and reports the finished cells of the grid (a grid
+that grows across sessions can be reported at any time; missing cells are listed).
 
 Usage (GPU machine, 16 cores; 45 cells of 7,500 steps each)::
 
@@ -64,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="as ablation.py --data")
     p.add_argument("--cache", type=Path, default=None, help="2d: slice dataset (OUT/data)")
     p.add_argument("--out", type=Path, default=None, help="default results/ablation_<setting>_par")
+    p.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="run no cell: merge and report the finished cells of the grid as they are",
+    )
     p.add_argument("extra", nargs=argparse.REMAINDER, help="-- then options for ablation.py")
     return p
 
@@ -226,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             host, kind, seed, cell = queue.pop(0)
             if cell_finished(cell, host, kind, seed, args.steps):
                 print(f"kept {cell.name} (finished earlier)", flush=True)
+                continue
+            if args.merge_only:
+                print(f"not run {cell.name} (--merge-only)", flush=True)
                 continue
             cell.mkdir(parents=True, exist_ok=True)
             cmd = [

@@ -55,6 +55,15 @@ def test_parallel_cells_merge_into_the_sequential_result(
     again = {(r["host"], r["attention"]): r["dice_mean"] for r in _rows(par / "ablation.csv")}
     assert again == {key: r["dice_mean"] for key, r in par_rows.items()}
 
+    # --merge-only on a larger grid: the missing cell is reported, not trained
+    wider = [a if a != "xca,none" else "xca,none,window" for a in argv_par]
+    assert ablation_parallel.main([*wider[: wider.index("--")], "--merge-only", "--",
+                                   *wider[wider.index("--") + 1 :]]) == 0  # fmt: skip
+    assert "not run unet-window-s0 (--merge-only)" in capsys.readouterr().out
+    assert not (par / "cells" / "unet-window-s0").exists()
+    merged = {(r["host"], r["attention"]) for r in _rows(par / "ablation.csv")}
+    assert merged == {("unet", "xca"), ("unet", "none")}
+
 
 def test_options_of_the_launcher_are_refused_after_the_separator(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exc:
