@@ -9,8 +9,8 @@ seeds) needs tens of core-hours on CPU; on a machine with many cores, or a GPU t
    starts, so the cells never race to build it);
 2. runs ``--jobs`` cells at a time, each ``ablation.py`` for one (host, kind, seed) in its own
    folder ``OUT/cells/<host>-<kind>-s<seed>/`` with its own log (resumable: a finished cell,
-   one whose ``ablation.csv`` has its row at ``--steps``, is kept as it is; an interrupted one
-   continues from its ``checkpoints/last``);
+   one whose ``ablation.csv`` has its row for the budget ``--steps``, is kept as it is; an
+   interrupted one continues from its ``checkpoints/last``);
 3. concatenates the cells' ``ablation.csv`` and ``ablation_pairs.csv`` into ``OUT`` (the
    affine-only rows once) and runs ``ablation.py --report`` there (tables, paired tests, figure);
 4. draws ``ablation_curves.png``: the trainer's validation Dice against the step for every cell
@@ -117,13 +117,14 @@ def merge_cells(out: Path, cells: Sequence[Path]) -> tuple[int, int]:
 
 
 def cell_finished(cell: Path, host: str, kind: str, seed: int, steps: int) -> bool:
-    """Whether ``cell`` already holds the scored result of ``host``/``kind``/``seed`` trained for
-    ``steps`` (its ``ablation.csv`` row): such a cell is kept as it is, not re-evaluated."""
+    """Whether ``cell`` already holds the scored result of ``host``/``kind``/``seed`` for a budget
+    of ``steps`` (its ``ablation.csv`` row, matched as ``ablation.py`` matches it): such a cell
+    is kept as it is, not re-evaluated."""
+    import ablation
+
+    key = (host, kind, str(seed))
     return any(
-        r.get("host") == host
-        and r.get("attention") == kind
-        and r.get("seed") == str(seed)
-        and r.get("steps") == str(steps)
+        ablation._key(r) == key and r.get("budget_steps") == str(steps)
         for r in _read(cell / "ablation.csv")
     )
 
