@@ -109,7 +109,9 @@ def affine_register(
         iterations: optimiser iterations per level and stage.
         sampling: fraction of voxels the metric samples (``(0, 1]``; raised to reach about
             20,000 samples at the finest level).
-        seed: seed of the metric's sampling (the result is deterministic for a seed).
+        seed: seed of the metric's sampling, ``>= 0``: the result is deterministic for a seed
+            and a thread count. (SimpleITK reads a seed of 0 as "seed from the wall clock",
+            so the seed given to it is ``seed + 1``.)
         threads: SimpleITK threads (default: its own default).
         finest_mm: voxel size of the finest level when ``shrink`` is not given (an affine
             needs no finer detail; 4 mm keeps a brain pair to a few seconds).
@@ -126,6 +128,8 @@ def affine_register(
         # keep at least 16 voxels per axis at every level (small images get fewer levels)
         levels = [s for s in (4 * k, 2 * k, k) if smallest // s >= 16]
         shrink = tuple(levels) or (max(1, min(k, smallest // 16)),)
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < 2**32 - 1:
+        raise MaxcaInputError(f"affine seed must be an integer in [0, 2**32 - 2], got {seed!r}")
     if not 0 < sampling <= 1:
         raise MaxcaInputError(f"sampling must be in (0, 1], got {sampling!r}")
     # at least ~20,000 samples at the finest level (small images: all their voxels), so the
@@ -145,7 +149,8 @@ def affine_register(
         R = sitk.ImageRegistrationMethod()
         R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         R.SetMetricSamplingStrategy(R.RANDOM)
-        R.SetMetricSamplingPercentage(float(sampling), int(seed))
+        # + 1: SimpleITK's seed 0 is sitkWallClock, which made every run differ
+        R.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
         R.SetInterpolator(sitk.sitkLinear)
         R.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0,
