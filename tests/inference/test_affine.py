@@ -114,17 +114,17 @@ def test_itk_file_round_trip_and_sitk_resampling_agree(fixed: Volume, tmp_path, 
 
 def test_deterministic_for_a_seed(fixed: Volume) -> None:
     """The metric samples 10 % of the voxels at random here: the same seed gives the same
-    transform to the last bit (seed 0 too, which SimpleITK alone reads as "wall clock"), and
+    transform (seed 0 too, which SimpleITK alone reads as "wall clock"; before the fix repeats
+    differed by 0.1-0.6), up to the rounding of ITK's multi-threaded filters (~1e-13), and
     another seed gives another sample, hence a slightly different transform."""
     T = _rotation_z(8.0, (4.0, -3.0, 2.0))
     moving = _moving_from(fixed, T)
     first = affine_register(fixed, moving, seed=0, threads=1).matrix
     for _ in range(2):
-        np.testing.assert_array_equal(
-            affine_register(fixed, moving, seed=0, threads=1).matrix, first
-        )
+        again = affine_register(fixed, moving, seed=0, threads=1).matrix
+        np.testing.assert_allclose(again, first, rtol=0, atol=1e-9)
     other = affine_register(fixed, moving, seed=5, threads=1).matrix
-    assert not np.array_equal(other, first)
+    assert np.abs(other - first).max() > 1e-6
     assert _max_error(other, first, _brain_points(fixed)) < 1.5  # both near the answer
 
 

@@ -108,10 +108,11 @@ def affine_register(
             to about ``finest_mm``, dropping levels with fewer than 16 voxels along an axis).
         iterations: optimiser iterations per level and stage.
         sampling: fraction of voxels the metric samples (``(0, 1]``; raised to reach about
-            20,000 samples at the finest level).
+            20,000 samples at the finest level; at 1 every voxel is used, with no random draw).
         seed: seed of the metric's sampling, ``>= 0``: the result is deterministic for a seed
-            and a thread count. (SimpleITK reads a seed of 0 as "seed from the wall clock",
-            so the seed given to it is ``seed + 1``.)
+            (up to floating-point rounding in ITK's multi-threaded filters, ~1e-13).
+            SimpleITK reads a seed of 0 as "seed from the wall clock", so the seed given to
+            it is ``seed + 1``.
         threads: SimpleITK threads (default: its own default).
         finest_mm: voxel size of the finest level when ``shrink`` is not given (an affine
             needs no finer detail; 4 mm keeps a brain pair to a few seconds).
@@ -148,9 +149,12 @@ def affine_register(
     def run(initial):  # noqa: ANN001, ANN202
         R = sitk.ImageRegistrationMethod()
         R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        R.SetMetricSamplingStrategy(R.RANDOM)
-        # + 1: SimpleITK's seed 0 is sitkWallClock, which made every run differ
-        R.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
+        if sampling < 1.0:
+            R.SetMetricSamplingStrategy(R.RANDOM)
+            # + 1: SimpleITK's seed 0 is sitkWallClock, which made every run differ
+            R.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
+        else:  # every voxel: no random draw (a 100 % random draw repeats some, misses others)
+            R.SetMetricSamplingStrategy(R.NONE)
         R.SetInterpolator(sitk.sitkLinear)
         R.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0,
