@@ -177,3 +177,43 @@ def test_composed_field_and_chain_reproduce_the_warp(fixed: Volume, tmp_path) ->
     for ref in (by_total, by_chain):
         diff = np.abs(ref - warped)[inside]
         assert diff.mean() < 2e-3 and np.percentile(diff, 99) < 2e-2
+
+
+def test_symmetric_is_inverse_consistent(fixed: Volume) -> None:
+    """Both directions are registered and averaged, so swapping the images inverts the result
+    (one direction alone does not: its optimum depends on which image is sampled)."""
+    T = _rotation_z(-12.0, (-6.0, 9.0, 0.0))
+    T[:3, :3] *= 1.05
+    moving = _moving_from(fixed, T)
+    there = affine_register(fixed, moving, threads=1).matrix
+    back = affine_register(moving, fixed, threads=1).matrix
+    np.testing.assert_allclose(there @ back, np.eye(4), rtol=0, atol=1e-8)
+    assert _max_error(there, T, _brain_points(fixed)) < 2.0
+    one_way = affine_register(fixed, moving, threads=1, symmetric=False).matrix
+    one_back = affine_register(moving, fixed, threads=1, symmetric=False).matrix
+    assert np.abs(one_way @ one_back - np.eye(4)).max() > 1e-6
+
+
+def test_log_mean_known_answers() -> None:
+    from maxca.inference.affine import _log_mean
+
+    a = _rotation_z(10.0, (3.0, -2.0, 1.0))
+    np.testing.assert_allclose(_log_mean(a, a, 3), a, atol=1e-10)
+    # two isotropic scalings: the geometric mean of their factors
+    s1, s2 = np.diag([1.04, 1.04, 1.04, 1.0]), np.diag([0.98, 0.98, 0.98, 1.0])
+    expected = np.diag([math.sqrt(1.04 * 0.98)] * 3 + [1.0])
+    np.testing.assert_allclose(_log_mean(s1, s2, 3), expected, atol=1e-10)
+    # two translations: their mean; two rotations about z: the mean angle
+    t1, t2 = _rotation_z(0.0, (2.0, 0.0, -4.0)), _rotation_z(0.0, (4.0, 2.0, 0.0))
+    np.testing.assert_allclose(_log_mean(t1, t2, 3), _rotation_z(0.0, (3.0, 1.0, -2.0)), atol=1e-10)
+    r = _log_mean(_rotation_z(8.0, (0, 0, 0)), _rotation_z(12.0, (0, 0, 0)), 3)
+    np.testing.assert_allclose(r, _rotation_z(10.0, (0, 0, 0)), atol=1e-10)
+    # directions that disagree (one registration failed): the first one is kept
+    far = _rotation_z(30.0, (0.0, 0.0, 0.0))
+    assert np.array_equal(_log_mean(a, far, 3), a)
+    assert np.array_equal(_log_mean(a, _rotation_z(10.0, (30.0, -2.0, 1.0)), 3), a)
+    # 2-D maps live in the top-left of the 4x4 matrix
+    a2 = np.eye(4)
+    a2[:2, :2] = [[1.02, 0.01], [0.0, 0.99]]
+    a2[:2, 3] = (1.0, -1.0)
+    np.testing.assert_allclose(_log_mean(a2, a2, 2), a2, atol=1e-10)
