@@ -15,8 +15,10 @@ depends on which image is called fixed (up to the optimiser's tolerance).
 To register with the network after it, give the moving image the affine ``T^-1 A_m``
 (:func:`prealign`): in world space it then sits on the fixed image, and every later step of
 ``register_pair`` is unchanged. The total transform of a fixed point ``x`` is
-``T (x + D(x))`` with ``D`` the network's displacement; ITK/ANTs apply it as the chain
-``-t affine.mat -t field.nii.gz`` (the last listed is applied first), or as one composed field.
+``T (x + D(x))`` with ``D`` the network's displacement; ANTs applies it as the chain
+``-t field.nii.gz -t affine.mat`` (its usual order, the deformable field listed first, as
+``antsRegistration`` writes it), a SimpleITK ``CompositeTransform`` with the affine added first
+and the field second, or as one composed field.
 
 ITK works in LPS: ``T_lps = F T_ras F`` with ``F = diag(-1, -1, 1)``; :func:`write_itk_affine`
 and :func:`read_itk_affine` convert.
