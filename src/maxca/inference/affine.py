@@ -10,7 +10,8 @@ the log-Euclidean mean of ``T`` and the inverse of the reverse map. One directio
 biased: on skull-stripped brain pairs that are already aligned, moving-to-fixed mutual
 information shrinks ``T`` by 1-3 % along every axis (the moving brain comes out enlarged), and
 fixed-to-moving by as much the other way; the mean cancels that bias, and swapping the two
-images gives exactly the inverse map (unless one direction failed and the other was kept).
+images gives the inverse map, up to ITK rounding carried by the optimiser (~1e-4; unless one
+direction failed and the other was kept).
 
 To register with the network after it, give the moving image the affine ``T^-1 A_m``
 (:func:`prealign`): in world space it then sits on the fixed image, and every later step of
