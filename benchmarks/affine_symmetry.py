@@ -20,7 +20,6 @@ moving to fixed and fixed to moving with ``maxca.inference.affine.affine_registe
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import sys
 import tempfile
@@ -28,9 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, atomic_write_text, set_threads, write_csv  # benchmarks/ is on the path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "benchmarks/results/affine_symmetry"))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     ds = load_learn2reg(args.dataset)
     root = Path(args.dataset).parent
     labels = list(ds.evaluation_labels)
@@ -132,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "affine_symmetry.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "affine_symmetry.csv", rows, list(rows[0]))
 
     def mean(key: str) -> str:
         return f"{np.mean([r[key] for r in rows]):.4f}"
@@ -163,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{mean('network_one_way')} | {mean('network_symmetric')} |"
         )
     text = "\n".join(lines) + "\n"
-    (out / "affine_symmetry.md").write_text(text)
+    atomic_write_text(out / "affine_symmetry.md", text)
     print(text)
     return 0
 
