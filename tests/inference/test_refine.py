@@ -42,6 +42,57 @@ def test_refine_zero_steps_and_bad_arguments():
         refine_flow(fixed, moving, init, -1)
     with pytest.raises(MaxcaInputError, match="flow must have shape"):
         refine_flow(fixed, moving, init[:, :2], 3)
+    with pytest.raises(MaxcaInputError, match="regularise"):
+        refine_flow(fixed, moving, init, 3, regularise="velocity")
+
+
+def _diffusion(flow: torch.Tensor) -> float:
+    return sum(float((flow.diff(dim=k) ** 2).mean()) for k in (2, 3, 4))
+
+
+def test_update_mode_regularises_the_change_not_the_prediction():
+    """With no similarity term, ``update`` leaves a rough prediction exactly as it is (the
+    regulariser's gradient vanishes there), while ``field`` smooths it."""
+    fixed, moving = _pair()
+    torch.manual_seed(0)
+    init = torch.randn(1, 3, *SHAPE) * 0.5
+    only_smooth = {"similarity": 0.0, "diffusion": 1.0}
+    kept = refine_flow(fixed, moving, init, 5, weights=only_smooth, regularise="update")
+    assert torch.equal(kept, init)
+    smoothed = refine_flow(fixed, moving, init, 5, weights=only_smooth)  # "field", the default
+    assert _diffusion(smoothed) < 0.9 * _diffusion(init)
+    # with the similarity on, the update mode still moves the field
+    moved = refine_flow(fixed, moving, init, 5, regularise="update")
+    assert not torch.equal(moved, init)
+
+
+def test_register_pair_refine_weights(monkeypatch: pytest.MonkeyPatch):
+    """The record's ``refine`` entry gives the defaults; its training weights reach the
+    refinement only in ``field`` mode; explicit options win."""
+    import maxca.inference.refine as refine_module
+
+    seen: list[dict] = []
+
+    def spy(fixed, moving, flow, steps, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append(kwargs)
+        return flow
+
+    monkeypatch.setattr(refine_module, "refine_flow", spy)
+    aff = lia_affine(spacing=(2.0, 2.0, 2.0))
+    image = Volume(blobs(world_of(aff, SHAPE), centre_of(aff, SHAPE)), aff)
+    loss = {"similarity": "ncc", "window": 5, "weights": {"similarity": 1.0, "diffusion": 0.1}}
+    info = Info({"loss": loss})
+    stub = KnownFlowModel(lambda s: torch.zeros(3, *s))
+    register_pair(stub, info, image, image, refine_steps=2)
+    register_pair(stub, info, image, image, refine_steps=2, refine_options={"regularise": "update"})
+    assert seen[0]["window"] == 5 and seen[0]["weights"] == loss["weights"]
+    assert seen[1]["window"] == 5 and "weights" not in seen[1]
+    recorded = Info({"loss": loss, "refine": {"regularise": "update", "lr": 0.05}})
+    register_pair(stub, recorded, image, image, refine_steps=2)
+    assert seen[2]["regularise"] == "update" and seen[2]["lr"] == 0.05
+    assert "weights" not in seen[2]
+    register_pair(stub, recorded, image, image, refine_steps=2, refine_options={"lr": 0.2})
+    assert seen[3]["lr"] == 0.2 and seen[3]["regularise"] == "update"
 
 
 def test_refine_velocity_returns_its_integral():

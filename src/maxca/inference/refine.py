@@ -4,6 +4,20 @@ The network's flow (or, for a diffeomorphic transform, its stationary velocity f
 free parameter on the model grid, initialised at the prediction, and is optimised with Adam on
 ``RegistrationLoss`` (local NCC + diffusion by default) for a fixed number of steps. The step
 size is in voxels: with Adam each displacement moves by about ``lr`` voxel per step at most.
+
+What the regulariser acts on (``regularise``):
+
+* ``"field"`` (default): the whole field, as in training. The smoothness weight then also pulls
+  the network's prediction towards a smoother (flatter) field.
+* ``"update"``: the change from the prediction, ``field - prediction``. The network's own field
+  is kept as the starting point and only the correction has to be smooth; with zero similarity
+  weight nothing moves. On the packaged ``brain`` model (trained with a Dice term, so its field
+  follows anatomy that the image similarity cannot see) ``"field"`` lowered Dice where
+  ``"update"`` raised it; its record asks for ``"update"`` (docs/models.md).
+
+A checkpoint record may carry a ``refine`` entry (keyword arguments of :func:`refine_flow`,
+e.g. ``{"regularise": "update", "lr": 0.05}``): ``register_pair`` uses it as the defaults of
+its refinement.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from maxca.spatial import integrate_velocity, warp
 __all__ = ["refine_flow"]
 
 DEFAULT_WEIGHTS = {"similarity": 1.0, "diffusion": 1.0}
+REGULARISE = ("update", "field")
 
 
 def refine_flow(
@@ -35,6 +50,7 @@ def refine_flow(
     window: int | Sequence[int] = 9,
     int_steps: int = 7,
     progress: bool = False,
+    regularise: str = "field",
 ) -> torch.Tensor:
     """Optimise a flow on one image pair, starting from the network's prediction.
 
@@ -48,12 +64,15 @@ def refine_flow(
             (``int_steps``), so the result stays diffeomorphic.
         lr: Adam learning rate, in voxels.
         weights: loss weights (default ``{"similarity": 1, "diffusion": 1}``); the regulariser
-            acts on the optimised field (flow or velocity). A ``dice`` weight (a training term
-            that needs label maps) is ignored.
+            acts on the optimised field (flow or velocity) or on its change, see
+            ``regularise``. A ``dice`` weight (a training term that needs label maps) is
+            ignored.
         similarity: ``"ncc"`` or ``"mse"``.
         window: NCC window.
         int_steps: integration steps for ``velocity``.
         progress: show a progress bar on stderr (only when stderr is a terminal).
+        regularise: ``"field"`` (the regulariser acts on the whole field) or ``"update"``
+            (on ``field - initial field``); see the module docstring.
 
     Returns:
         ``(1, d, *S)`` refined voxel displacement (detached, same device and dtype as ``flow``).
@@ -62,6 +81,8 @@ def refine_flow(
         raise MaxcaInputError(f"refine steps must be an integer >= 0, got {steps!r}")
     if not lr > 0:
         raise MaxcaInputError(f"refine learning rate must be > 0, got {lr!r}")
+    if regularise not in REGULARISE:
+        raise MaxcaInputError(f"refine regularise must be one of {REGULARISE}, got {regularise!r}")
     d = fixed.dim() - 2
     if flow.shape != (fixed.shape[0], d, *fixed.shape[2:]):
         raise MaxcaInputError(
@@ -74,7 +95,8 @@ def refine_flow(
         fixed.device
     )
     init = velocity if velocity is not None else flow
-    param = torch.nn.Parameter(init.detach().clone().float())
+    start = init.detach().clone().float()
+    param = torch.nn.Parameter(start.clone())
     optimiser = torch.optim.Adam([param], lr=lr)
     fixed, moving = fixed.detach().float(), moving.detach().float()
     bar = tqdm(
@@ -89,7 +111,8 @@ def refine_flow(
         for _ in range(int(steps)):
             optimiser.zero_grad(set_to_none=True)
             current = integrate_velocity(param, int_steps) if velocity is not None else param
-            loss, _ = loss_fn(fixed, warp(moving, current), param)
+            regularised = param - start if regularise == "update" else param
+            loss, _ = loss_fn(fixed, warp(moving, current), regularised)
             loss.backward()
             optimiser.step()
             bar.update(1)

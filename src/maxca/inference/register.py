@@ -374,7 +374,10 @@ def register_pair(
         refine_steps: instance-optimisation steps on the model grid (0 = none), see
             :func:`maxca.inference.refine.refine_flow`.
         refine_options: keyword arguments for :func:`~maxca.inference.refine.refine_flow`
-            (``lr``, ``weights``, ``similarity``, ``window``); default from the record's ``loss``.
+            (``lr``, ``weights``, ``similarity``, ``window``, ``regularise``); defaults from the
+            record's ``refine`` entry when it has one, then ``similarity`` and ``window`` from
+            its ``loss``, and ``weights`` too unless ``regularise="update"`` (training weights
+            are for the whole field; refine_flow's own weights apply).
         precision: ``"fp32"`` (default) or ``"bf16"``: the network's forward pass under
             bfloat16 autocast (:func:`maxca.accel.precision_context`); the flow, the refinement
             and the resampling stay in float32. docs/benchmarks.md (section 2c) gives its
@@ -440,12 +443,18 @@ def register_pair(
     if refine_steps:
         t = time.perf_counter()
         options = dict(refine_options or {})
+        recorded = prep.extra.get("refine")  # the model's own refinement defaults, if any
+        if isinstance(recorded, Mapping):
+            for key, value in recorded.items():
+                options.setdefault(key, value)
         loss_cfg = prep.loss
         if isinstance(loss_cfg, Mapping):
             options.setdefault("similarity", loss_cfg.get("similarity", "ncc"))
             if "window" in loss_cfg:
                 options.setdefault("window", loss_cfg["window"])
-            if isinstance(loss_cfg.get("weights"), Mapping):
+            # the training weights were set for the whole field, not for an update of it
+            field_mode = options.get("regularise", "field") == "field"
+            if field_mode and isinstance(loss_cfg.get("weights"), Mapping):
                 options.setdefault("weights", dict(loss_cfg["weights"]))
         flow = refine_flow(
             f_grid,
