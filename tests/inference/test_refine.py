@@ -96,10 +96,20 @@ def test_register_pair_refine_weights(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_refine_velocity_returns_its_integral():
+    from maxca.spatial import integrate_velocity
+
     fixed, moving = _pair()
     v0 = torch.zeros(1, 3, *SHAPE)
-    out = refine_flow(fixed, moving, v0, steps=5, velocity=v0, int_steps=4)
+    seen: list[tuple[int, torch.Tensor]] = []
+    out = refine_flow(
+        fixed, moving, v0, steps=5, velocity=v0, int_steps=4,
+        callback=lambda step, field: seen.append((step, field.clone())),
+    )  # fmt: skip
     assert out.abs().max() > 0
+    # the callback sees every step's velocity; the result is the last one integrated
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
+    assert not seen[-1][1].requires_grad
+    torch.testing.assert_close(out, integrate_velocity(seen[-1][1], 4))
     # the exponential of a small smooth velocity: fold-free
     assert njd_percent(out[0]) == 0.0
 

@@ -23,7 +23,7 @@ its refinement.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -51,6 +51,7 @@ def refine_flow(
     int_steps: int = 7,
     progress: bool = False,
     regularise: str = "field",
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Optimise a flow on one image pair, starting from the network's prediction.
 
@@ -73,6 +74,9 @@ def refine_flow(
         progress: show a progress bar on stderr (only when stderr is a terminal).
         regularise: ``"field"`` (the regulariser acts on the whole field) or ``"update"``
             (on ``field - initial field``); see the module docstring.
+        callback: called after every step as ``callback(step, field)`` with the step number
+            (from 1) and the optimised field (the velocity when ``velocity`` is given, else the
+            flow; ``(1, d, *S)``, detached): to monitor or score the refinement.
 
     Returns:
         ``(1, d, *S)`` refined voxel displacement (detached, same device and dtype as ``flow``).
@@ -108,7 +112,7 @@ def refine_flow(
         dynamic_ncols=True,
     )
     with torch.enable_grad(), bar:
-        for _ in range(int(steps)):
+        for step in range(int(steps)):
             optimiser.zero_grad(set_to_none=True)
             current = integrate_velocity(param, int_steps) if velocity is not None else param
             regularised = param - start if regularise == "update" else param
@@ -116,6 +120,8 @@ def refine_flow(
             loss.backward()
             optimiser.step()
             bar.update(1)
+            if callback is not None:
+                callback(step + 1, param.detach())
     with torch.no_grad():
         out = integrate_velocity(param, int_steps) if velocity is not None else param
     return out.detach().to(flow.dtype)
