@@ -93,6 +93,10 @@ def test_register_pair_refine_weights(monkeypatch: pytest.MonkeyPatch):
     assert "weights" not in seen[2]
     register_pair(stub, recorded, image, image, refine_steps=2, refine_options={"lr": 0.2})
     assert seen[3]["lr"] == 0.2 and seen[3]["regularise"] == "update"
+    # a record whose refine entry refine_flow could not take is refused in one line
+    for bad in ({"steps": 5}, [0.05]):
+        with pytest.raises(MaxcaInputError, match="data.refine"):
+            register_pair(stub, Info({"refine": bad}), image, image, refine_steps=2)
 
 
 def test_refine_velocity_returns_its_integral():

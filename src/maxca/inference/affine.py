@@ -131,7 +131,7 @@ def affine_register(
             needs no finer detail; 4 mm keeps a brain pair to a few seconds).
         symmetric: register in both directions and return the log-Euclidean mean
             ``expm((logm T + logm R^-1) / 2)`` of the forward map ``T`` and the inverse of the
-            reverse map ``R`` (``R`` refined from ``T^-1`` at the finest level: ~1.4x the time
+            reverse map ``R`` (``R`` refined from ``T^-1`` at the finest level: ~1.5x the time
             of one direction; see the module docstring). Falls back to ``T``
             when a matrix logarithm is not real (a reflection) or the two directions disagree
             by more than 10 % or 10 mm (one of them failed: the forward one is kept).

@@ -444,7 +444,13 @@ def register_pair(
         t = time.perf_counter()
         options = dict(refine_options or {})
         recorded = prep.extra.get("refine")  # the model's own refinement defaults, if any
-        if isinstance(recorded, Mapping):
+        if recorded is not None:
+            allowed = {"lr", "weights", "similarity", "window", "regularise"}
+            if not isinstance(recorded, Mapping) or set(recorded) - allowed:
+                raise MaxcaInputError(
+                    f"checkpoint data.refine must be a mapping with keys among {sorted(allowed)}, "
+                    f"got {recorded!r}"
+                )
             for key, value in recorded.items():
                 options.setdefault(key, value)
         loss_cfg = prep.loss
