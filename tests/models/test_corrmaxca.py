@@ -267,3 +267,20 @@ def test_bad_checkpoint_granularity_is_refused() -> None:
 
     with pytest.raises(MaxcaInputError, match="checkpoint_granularity must be one of"):
         create_model("corrmaxca", checkpoint_granularity="level")
+
+
+def test_channel_layer_norm_matches_torch_layer_norm() -> None:
+    """Known answer: normalising over the channel axis of (B, C, *S) is ``nn.LayerNorm(C)``
+    on the channels-last tensor (same affine parameters)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 4, 3) * 3.0 + 1.5
+    norm = ChannelLayerNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 6))
+        norm.bias.copy_(torch.linspace(-1.0, 1.0, 6))
+    ref = nn.LayerNorm(6, eps=norm.eps)
+    with torch.no_grad():
+        ref.weight.copy_(norm.weight)
+        ref.bias.copy_(norm.bias)
+    expected = ref(x.movedim(1, -1)).movedim(-1, 1)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
