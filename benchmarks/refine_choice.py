@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from maxca.app import load_model
     from maxca.data.io import Volume, read_volume
     from maxca.data.learn2reg import load_learn2reg
-    from maxca.data.transforms import normalise_intensity
     from maxca.inference.refine import refine_flow
-    from maxca.inference.register import model_grid, resample_to_grid
+    from maxca.inference.register import model_grid, model_input, resample_to_grid
     from maxca.metrics import njd_percent
     from maxca.metrics.overlap import dice
     from maxca.models.preprocessing import Preprocessing
@@ -101,15 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         F, M = read(f, "image"), read(m, "image")
         grid = model_grid(F, prep)
 
-        def on_grid(v: Volume, kind: str, grid=grid) -> torch.Tensor:  # noqa: ANN001
-            if kind == "image" and prep.normalise is not None:
-                v = Volume(normalise_intensity(v.array, prep.normalise, prep.percentiles), v.affine)
-            return resample_to_grid(v, grid, kind, "cpu")
-
-        fg, mg = on_grid(F, "image"), on_grid(M, "image")
-        f_lab = on_grid(read(f, "label"), "label")[0, 0].numpy()
-        m_lab = on_grid(read(m, "label"), "label").float()
-        brain = on_grid(read(f, "mask"), "label")[0, 0].numpy() > 0
+        fg, mg = model_input(F, grid, prep), model_input(M, grid, prep)
+        f_lab = resample_to_grid(read(f, "label"), grid, "label")[0, 0].numpy()
+        m_lab = resample_to_grid(read(m, "label"), grid, "label").float()
+        brain = resample_to_grid(read(f, "mask"), grid, "label")[0, 0].numpy() > 0
         with torch.no_grad():
             v0 = model(fg, mg).velocity.float()
 

@@ -48,6 +48,7 @@ __all__ = [
     "RegistrationResult",
     "index_map",
     "model_grid",
+    "model_input",
     "register_pair",
     "resample_to_grid",
     "resolve_device",
@@ -309,6 +310,29 @@ class RegistrationResult:
         return warp_volume(vol, zero, self.fixed.affine, kind)[0, 0].numpy()
 
 
+def model_input(
+    volume: Volume, grid: ModelGrid, info: Any, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """An image as the network sees it: intensities normalised as the checkpoint records
+    (statistics of the whole image as read, as in training), then resampled onto ``grid``.
+
+    Args:
+        volume: the image (2-D or 3-D, any grid).
+        grid: the model grid (:func:`model_grid`).
+        info: the checkpoint's :class:`~maxca.models.checkpoint.CheckpointInfo` or its
+            :class:`~maxca.models.preprocessing.Preprocessing` (``None``: min-max).
+        device: where the returned tensor lives.
+
+    Returns:
+        ``(1, 1, *grid.shape)`` float32 tensor.
+    """
+    mode, percentiles = _normalisation(Preprocessing.of(info))
+    array = volume.array
+    if mode is not None:
+        array = normalise_intensity(array, mode, percentiles)  # type: ignore[arg-type]
+    return resample_to_grid(Volume(array, volume.affine), grid, "image", device)
+
+
 def _normalisation(prep: Preprocessing) -> tuple[str | None, tuple[float, float]]:
     mode = prep.normalise
     if mode is None:
@@ -409,15 +433,7 @@ def register_pair(
     dev = resolve_device(device)
     autocast = precision_context(precision, dev)  # checks the name before any work
     grid = model_grid(fixed, prep)
-    mode, percentiles = _normalisation(prep)
-
-    def prepare(volume: Volume) -> torch.Tensor:
-        array = volume.array
-        if mode is not None:  # statistics of the whole image as read, as in training
-            array = normalise_intensity(array, mode, percentiles)  # type: ignore[arg-type]
-        return resample_to_grid(Volume(array, volume.affine), grid, "image", dev)
-
-    f_grid, m_grid = prepare(fixed), prepare(moving)
+    f_grid, m_grid = model_input(fixed, grid, prep, dev), model_input(moving, grid, prep, dev)
     timings["preprocess"] = time.perf_counter() - t_start
 
     t = time.perf_counter()
