@@ -47,12 +47,43 @@ CONFIGS = {
         "lr": 0.05,
         "weights": {"similarity": 1.0, "diffusion": 10.0},
     },
+    "mind": {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": 1.0},
+        "similarity": "mind",
+    },
+    "mind_d01": {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": 0.1},
+        "similarity": "mind",
+    },
+    "mind_d3": {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": 3.0},
+        "similarity": "mind",
+    },
+    "mind_d10": {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": 10.0},
+        "similarity": "mind",
+    },
+    "mind_d001": {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": 0.01},
+        "similarity": "mind",
+    },
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     from maxca.app import load_model
     from maxca.data.io import Volume, read_volume
+    from maxca.data.labelsynth import T2_LIKE, fixed_contrast_image
     from maxca.data.learn2reg import load_learn2reg
     from maxca.inference.refine import refine_flow
     from maxca.inference.register import model_grid, model_input, resample_to_grid
@@ -69,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="field,update", help=f"among {', '.join(CONFIGS)}")
     p.add_argument("--subjects", default="1,2,3", help="moving = subject + --offset")
     p.add_argument("--offset", type=int, default=5)
+    p.add_argument(
+        "--moving-contrast",
+        choices=("as-given", "t2"),
+        default="as-given",
+        help="t2: the moving image re-synthesised from its label map in a T2-like contrast "
+        "(fixed as given: a cross-contrast pair)",
+    )
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
@@ -98,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in (int(v) for v in args.subjects.split(",")):
         m = f + args.offset
         F, M = read(f, "image"), read(m, "image")
+        if args.moving_contrast == "t2":
+            lab = read(m, "label")
+            arr = torch.from_numpy(np.asarray(lab.array).astype(np.int64))
+            M = Volume(fixed_contrast_image(arr, T2_LIKE, m).numpy(), lab.affine)
         grid = model_grid(F, prep)
 
         fg, mg = model_input(F, grid, prep), model_input(M, grid, prep)
@@ -121,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in configs:
             c = CONFIGS[name]
             options = {
-                "similarity": loss.get("similarity", "ncc"),
+                "similarity": c.get("similarity") or loss.get("similarity", "ncc"),
                 "window": loss.get("window", 9),
                 "weights": c["weights"] or dict(loss.get("weights") or {}),
                 "lr": c["lr"],
@@ -162,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{np.mean([r['njd_brain'] for r in at]):.4f}",
             ])  # fmt: skip
     text = (
-        f"Model {args.model}; training pairs {', '.join(sorted({r['pair'] for r in rows}))}; "
+        f"Model {args.model}; moving contrast {args.moving_contrast}; training pairs {', '.join(sorted({r['pair'] for r in rows}))}; "
         f"{args.threads} thread(s); Dice on the model grid.\n\n"
         + markdown_table(
             ["config", "step", "mean Dice", "vs network", "per pair", "NJD % in brain"], table

@@ -21,7 +21,7 @@ NORMALISATIONS = ("minmax", "percentile", "zscore")
 #: how training pairs are drawn (``data.pairs`` of a config)
 PAIR_MODES = ("random", "atlas", "pairs")
 #: image similarity terms of the registration loss
-SIMILARITIES = ("ncc", "mse")
+SIMILARITIES = ("ncc", "mse", "mind")
 #: device names accepted by :func:`resolve_device` (``cuda:N`` too)
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -132,6 +132,12 @@ def test_deterministic_for_a_seed(fixed: Volume) -> None:
 def test_bad_inputs(fixed: Volume, tmp_path) -> None:
     with pytest.raises(MaxcaInputError, match="seed"):
         affine_register(fixed, fixed, seed=-1)
+    for step in (0, -1e-3, float("nan"), "1e-3"):
+        with pytest.raises(MaxcaInputError, match="min_step"):
+            affine_register(fixed, fixed, min_step=step)
+    for levels in (0, -1, 1.5, True):
+        with pytest.raises(MaxcaInputError, match="rigid_levels"):
+            affine_register(fixed, fixed, rigid_levels=levels)
     with pytest.raises(MaxcaInputError, match="constant"):
         affine_register(fixed, Volume(np.zeros_like(fixed.array), fixed.affine))
     with pytest.raises(MaxcaInputError, match="2-D"):

@@ -68,7 +68,8 @@ def refine_flow(
             acts on the optimised field (flow or velocity) or on its change, see
             ``regularise``. A ``dice`` weight (a training term that needs label maps) is
             ignored.
-        similarity: ``"ncc"`` or ``"mse"``.
+        similarity: ``"ncc"``, ``"mse"`` or ``"mind"`` (MIND-SSC, for pairs of different
+            contrasts).
         window: NCC window.
         int_steps: integration steps for ``velocity``.
         progress: show a progress bar on stderr (only when stderr is a terminal).

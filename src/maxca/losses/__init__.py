@@ -1,17 +1,19 @@
-"""Losses: image similarity (local NCC, MSE, soft Dice), flow regularisers (diffusion, bending
-energy) and the composite ``RegistrationLoss`` with named terms. All are ``nn.Module``s for 2-D
-and 3-D inputs that follow the inputs' device and dtype."""
+"""Losses: image similarity (local NCC, MIND-SSC, MSE, soft Dice), flow regularisers (diffusion,
+bending energy) and the composite ``RegistrationLoss`` with named terms. All are ``nn.Module``s for
+2-D and 3-D inputs that follow the inputs' device and dtype."""
 
 from maxca.losses.composite import RegistrationLoss
 from maxca.losses.regularizers import BendingEnergy, Diffusion
-from maxca.losses.similarity import MSE, DiceLoss, LocalNCC, one_hot
+from maxca.losses.similarity import MIND, MSE, DiceLoss, LocalNCC, mind_ssc, one_hot
 
 __all__ = [
+    "MIND",
     "MSE",
     "BendingEnergy",
     "DiceLoss",
     "Diffusion",
     "LocalNCC",
     "RegistrationLoss",
+    "mind_ssc",
     "one_hot",
 ]

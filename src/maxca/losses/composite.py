@@ -11,7 +11,7 @@ from maxca._checks import SIMILARITIES
 from maxca.errors import MaxcaInputError
 from maxca.layers.factories import check_spatial_dims
 from maxca.losses.regularizers import BendingEnergy, Diffusion
-from maxca.losses.similarity import MSE, DiceLoss, LocalNCC
+from maxca.losses.similarity import MIND, MSE, DiceLoss, LocalNCC
 
 __all__ = ["SIMILARITIES", "TERMS", "RegistrationLoss"]
 
@@ -24,18 +24,20 @@ class RegistrationLoss(nn.Module):
 
     Terms (unweighted, each a scalar):
 
-    * ``similarity``: :class:`LocalNCC` (``-mean(cc)``, -1 is a perfect match) or :class:`MSE`
-      between ``fixed`` and ``warped``;
+    * ``similarity``: :class:`LocalNCC` (``-mean(cc)``, -1 is a perfect match), :class:`MSE` or
+      :class:`MIND` (MIND-SSC descriptors, 0 is a perfect match; for pairs of different
+      contrasts) between ``fixed`` and ``warped``;
     * ``diffusion``: :class:`Diffusion` (l2) of ``flow``;
     * ``bending``: :class:`BendingEnergy` of ``flow``;
     * ``dice``: :class:`DiceLoss` between ``fixed_onehot`` and ``warped_onehot``.
 
     Args:
         spatial_dims: 2 or 3.
-        similarity: ``"ncc"`` or ``"mse"``.
+        similarity: ``"ncc"``, ``"mse"`` or ``"mind"``.
         weights: ``{term: weight}``, missing terms weigh 0 (default
             ``{"similarity": 1, "diffusion": 1}``); weights must be >= 0.
-        window: NCC window (odd).
+        window: NCC window (odd); not used by ``"mse"`` and ``"mind"`` (MIND-SSC with its
+            defaults: patch radius 1, neighbours 2 voxels away).
         labels: label ids for the Dice term when it is given integer label maps.
     """
 
@@ -62,9 +64,13 @@ class RegistrationLoss(nn.Module):
         if not any(self.weights.values()):
             raise MaxcaInputError(f"all loss weights are 0: {weights}")
         self.similarity_name = similarity
-        self.similarity = (
-            LocalNCC(self.spatial_dims, window) if similarity == "ncc" else MSE(self.spatial_dims)
-        )
+        self.similarity: nn.Module
+        if similarity == "ncc":
+            self.similarity = LocalNCC(self.spatial_dims, window)
+        elif similarity == "mind":
+            self.similarity = MIND(self.spatial_dims)
+        else:
+            self.similarity = MSE(self.spatial_dims)
         self.diffusion = Diffusion(self.spatial_dims)
         self.bending = BendingEnergy(self.spatial_dims)
         self.dice = DiceLoss(labels)

@@ -1,4 +1,4 @@
-"""Image similarity losses: local normalised cross-correlation, MSE, soft Dice.
+"""Image similarity losses: local normalised cross-correlation, MIND-SSC, MSE, soft Dice.
 
 All are ``nn.Module``s on ``(B, C, *S)`` tensors (2 or 3 spatial axes, the file's voxel order)
 that follow the inputs' device and dtype (half precision is computed in float32). Each returns
@@ -17,7 +17,7 @@ from maxca._checks import check_same_shape, check_spatial_tensor, shape_str
 from maxca.errors import MaxcaInputError
 from maxca.layers.factories import check_spatial_dims
 
-__all__ = ["DiceLoss", "LocalNCC", "MSE", "one_hot"]
+__all__ = ["MIND", "DiceLoss", "LocalNCC", "MSE", "mind_ssc", "one_hot"]
 
 
 def working_dtype(x: torch.Tensor) -> torch.dtype:
@@ -120,6 +120,129 @@ class LocalNCC(nn.Module):
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         """Loss ``-mean(cc)`` of ``fixed`` and ``warped``, both ``(B, C, *S)``; a scalar."""
         return -self.local_cc(fixed, warped).mean()
+
+
+def _ssc_pairs(spatial_dims: int, dilation: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The self-similarity context of MIND-SSC: unordered pairs of neighbours ``(a, b)`` of
+    the ``2 d`` face neighbours at ``dilation`` voxels whose distance is ``sqrt(2) dilation``
+    (12 pairs in 3-D, 4 in 2-D), in a fixed order."""
+    d = spatial_dims
+    neigh = []
+    for axis in range(d):
+        for sign in (-1, 1):
+            v = [0] * d
+            v[axis] = sign * dilation
+            neigh.append(tuple(v))
+    pairs = []
+    for i, a in enumerate(neigh):
+        for b in neigh[i + 1 :]:
+            if (
+                sum(abs(x - y) for x, y in zip(a, b)) == 2 * dilation
+                and sum(x * y for x, y in zip(a, b)) == 0
+            ):  # different axes: not opposite, not the same
+                pairs.append((a, b))
+    return pairs
+
+
+def _shifted(x: torch.Tensor, offset: Sequence[int], margin: int) -> torch.Tensor:
+    """``y(p) = x(p + offset)`` for ``x`` ``(N, C, *S)`` already padded by ``margin`` voxels
+    on every side (border values replicated): ``(N, C, *S)``."""
+    index = [slice(None), slice(None)]
+    for o, n in zip(offset, x.shape[2:]):
+        index.append(slice(margin + o, n - margin + o))
+    return x[tuple(index)]
+
+
+def mind_ssc(
+    image: torch.Tensor, radius: int = 1, dilation: int = 2, eps: float = 1e-6
+) -> torch.Tensor:
+    """MIND-SSC descriptors (modality independent neighbourhood descriptor, self-similarity
+    context; Heinrich et al., MICCAI 2013) of every voxel.
+
+    For each pair ``(a, b)`` of face neighbours at ``dilation`` voxels that lie on different
+    axes (:func:`_ssc_pairs`; ``P = 12`` in 3-D, 4 in 2-D), the patch distance
+    ``D_ab(p) = mean over the (2 radius + 1)^d patch around p of (I(q + a) - I(q + b))^2``
+    (borders replicated); the local variance estimate ``V(p) = mean_ab D_ab(p)``, clamped to
+    ``[max(1e-3 mean(V), eps), 1e3 mean(V)]`` (means over the image); then
+    ``MIND_ab(p) = exp(-D_ab(p) / V(p))`` divided by its maximum over the pairs, so every voxel's
+    largest entry is 1. The descriptor depends on the image only through differences of
+    intensities, relative to their local size: it is unchanged by ``I -> s I + t`` for any
+    ``s != 0`` (a negated contrast included) and compares images of different contrasts.
+
+    Args:
+        image: ``(B, C, *S)`` with 2 or 3 spatial axes, floating.
+        radius: patch half-width in voxels (``>= 0``).
+        dilation: distance of the neighbours in voxels (``>= 1``).
+        eps: floor of ``V`` (a flat image gives descriptors of 1).
+
+    Returns:
+        ``(B, C * P, *S)`` in ``(0, 1]``, channel ``c * P + k`` for image channel ``c`` and
+        pair ``k``; in :func:`working_dtype`.
+    """
+    d = image.dim() - 2
+    check_spatial_tensor(image, "image", d if d in (2, 3) else 3)
+    for name, value, low in (("radius", radius, 0), ("dilation", dilation, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MaxcaInputError(f"MIND {name} must be an integer >= {low}, got {value!r}")
+    dtype = working_dtype(image)
+    B, C, *S = image.shape
+    x = image.to(dtype).reshape(B * C, 1, *S)
+    pad_mode = "replicate"
+    padded = F.pad(x, [dilation] * (2 * d), mode=pad_mode)
+    pairs = _ssc_pairs(d, dilation)
+    dist = torch.cat(
+        [(_shifted(padded, a, dilation) - _shifted(padded, b, dilation)).pow(2) for a, b in pairs],
+        dim=1,
+    )  # (B C, P, *S)
+    if radius:
+        w = 2 * radius + 1
+        P = len(pairs)
+        flat = F.pad(dist.reshape(B * C * P, 1, *S), [radius] * (2 * d), mode=pad_mode)
+        flat = _CONV_AVG[d](flat, w, stride=1)
+        dist = flat.reshape(B * C, P, *S)
+    var = dist.mean(dim=1, keepdim=True)  # (B C, 1, *S)
+    mean = var.mean(dim=tuple(range(2, 2 + d)), keepdim=True)
+    low = torch.clamp(mean * 1e-3, min=eps)
+    var = torch.minimum(torch.maximum(var, low), torch.clamp(mean * 1e3, min=eps))
+    mind = torch.exp(-dist / var)
+    mind = mind / mind.amax(dim=1, keepdim=True)
+    return mind.reshape(B, C * len(pairs), *S)
+
+
+_CONV_AVG = {2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+class MIND(nn.Module):
+    """MIND-SSC similarity loss: ``mean((MIND(fixed) - MIND(warped))^2)`` (:func:`mind_ssc`).
+
+    0 for identical images, and for images that differ by any intensity scaling and shift
+    (a negated contrast included); it compares structure, not intensities, so it suits pairs
+    of different contrasts. Lower is better; a scalar.
+
+    Args:
+        spatial_dims: 2 or 3.
+        radius: patch half-width (voxels, ``>= 0``).
+        dilation: neighbour distance (voxels, ``>= 1``).
+    """
+
+    def __init__(self, spatial_dims: int, radius: int = 1, dilation: int = 2) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        mind_ssc(torch.zeros((1, 1) + (1,) * self.spatial_dims), radius, dilation)  # checks
+        self.radius = radius
+        self.dilation = dilation
+
+    def extra_repr(self) -> str:
+        return f"spatial_dims={self.spatial_dims}, radius={self.radius}, dilation={self.dilation}"
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """``fixed``, ``warped``: ``(B, C, *S)`` -> scalar."""
+        check_spatial_tensor(fixed, "fixed", self.spatial_dims)
+        check_spatial_tensor(warped, "warped", self.spatial_dims)
+        check_same_shape(fixed, warped, "fixed", "warped")
+        a = mind_ssc(fixed, self.radius, self.dilation)
+        b = mind_ssc(warped, self.radius, self.dilation)
+        return (a - b).pow(2).mean()
 
 
 class MSE(nn.Module):
