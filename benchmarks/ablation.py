@@ -55,6 +55,7 @@ from _common import (
     HOSTS,
     PLANES,
     RESULTS,
+    atomic_write_text,
     build_slice_dataset,
     display_path,
     evaluate_model,
@@ -402,8 +403,6 @@ def write_markdown(
     not_run: Sequence[str] = (),
 ) -> None:
     """``ablation.md``: what was run, the affine-only reference and the summary table."""
-    from _common import atomic_write_text
-
     dice, dice_sd = nan_mean_std(r["dice"] for r in ident)
     hd, hd_sd = nan_mean_std(r["hd95"] for r in ident)
     budget = []
@@ -556,6 +555,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: tables and figure from the cells already in ablation.csv",
     )
     return p
+
+
+def holdout_dataset(source: Path, out_dir: Path, n: int) -> Path:
+    """A Learn2Reg ``dataset.json`` in ``out_dir`` that holds out the last ``n`` subjects of
+    ``source`` (its ``training`` then ``validation`` lists, in order): ``training`` = the
+    others, ``validation`` = the held-out ones and ``registration_val`` = every directed pair
+    among them (``n (n - 1)`` pairs: more pairs than the dataset's own ``registration_val``,
+    so a paired test over one seed can reach p < 0.05). Paths are absolute (the images stay
+    where they are); written atomically, the same bytes for the same inputs.
+    """
+    import json
+
+    from maxca.data.learn2reg import load_learn2reg
+
+    ds = load_learn2reg(source)
+    subjects = [*ds.training, *ds.validation]
+    if not 2 <= n < len(subjects):
+        raise ValueError(f"--holdout must be in [2, {len(subjects) - 1}], got {n}")
+    data = json.loads(Path(source).read_text(encoding="utf-8"))
+
+    def entry(e: Any) -> dict[str, str]:
+        out = {"image": str(e.image)}
+        if e.label is not None:
+            out["label"] = str(e.label)
+        if e.mask is not None:
+            out["mask"] = str(e.mask)
+        return out
+
+    train, held = subjects[:-n], subjects[-n:]
+    pairs = [{"fixed": str(f.image), "moving": str(m.image)} for f in held for m in held if f != m]
+    data.update(
+        training=[entry(e) for e in train],
+        numTraining=len(train),
+        validation=[entry(e) for e in held],
+        numValidation=len(held),
+        registration_val=pairs,
+        numRegistration_val=len(pairs),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out_dir / "dataset.json", json.dumps(data, indent=1) + "\n")
 
 
 def prepare_dataset(args: argparse.Namespace) -> Path:

@@ -47,7 +47,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import RESULTS  # noqa: E402
+from _common import BRAIN_2MM, RESULTS  # noqa: E402
 from ablation import ABLATION_HOSTS, ABLATION_KINDS, cell_name, parse_grid  # noqa: E402
 
 
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per cell")
     p.add_argument("--data", type=Path, default=None, help="as ablation.py --data")
     p.add_argument("--cache", type=Path, default=None, help="2d: slice dataset (OUT/data)")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=None,
+        help="3d: train on all but the last N subjects and evaluate every directed pair among "
+        "those N (OUT/data/dataset.json; ablation.holdout_dataset)",
+    )
     p.add_argument("--out", type=Path, default=None, help="default results/ablation_<setting>_par")
     p.add_argument(
         "--merge-only",
@@ -210,6 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         str(args.threads),
         *extra,
     ]
+    if args.holdout is not None:
+        import ablation
+
+        if args.setting != "3d":
+            parser.error("--holdout is for --setting 3d")
+        try:
+            args.data = ablation.holdout_dataset(args.data or BRAIN_2MM, out / "data", args.holdout)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     if args.data is not None:
         common += ["--data", str(args.data.resolve())]
     if args.setting == "2d":  # the slice dataset once, before any cell starts

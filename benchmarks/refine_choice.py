@@ -13,10 +13,19 @@ brain every ``--every`` steps:
   ``--refine`` did before the model carried its own ``refine`` entry);
 * ``update``: the regulariser on the change from the prediction (``regularise="update"``),
   diffusion 1, learning rate 0.05 (the model's ``refine`` entry now);
-* ``update_d03``, ``update_d10``: the same with diffusion 0.3 and 10.
+* ``update_d03``, ``update_d10``: the same with diffusion 0.3 and 10;
+* ``mind``, ``mind_d001``, ``mind_d01``, ``mind_d3``, ``mind_d10``: ``update`` with MIND-SSC
+  (:class:`maxca.losses.MIND`) in place of NCC, diffusion 1, 0.01, 0.1, 3 and 10.
+
+``--moving-contrast t2`` re-synthesises each moving image from its label map in a T2-like
+contrast (``maxca.data.labelsynth.T2_LIKE``, seeded by the subject number) and keeps the fixed
+one as given: a pair of two contrasts, which the ``brain`` model was not trained for.
 
     python benchmarks/refine_choice.py --configs field,update --subjects 1,2,3 --steps 40 \
         --every 10 --threads 1 --out benchmarks/results/refine_choice
+    python benchmarks/refine_choice.py --configs update,mind --moving-contrast t2 \
+        --subjects 1,2,3 --steps 40 --every 10 --threads 1 \
+        --out benchmarks/results/refine_choice_t2
 """
 
 from __future__ import annotations
@@ -204,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{np.mean([r['njd_brain'] for r in at]):.4f}",
             ])  # fmt: skip
     text = (
-        f"Model {args.model}; moving contrast {args.moving_contrast}; training pairs {', '.join(sorted({r['pair'] for r in rows}))}; "
+        f"Model {args.model}; moving contrast {args.moving_contrast}; "
+        f"training pairs {', '.join(sorted({r['pair'] for r in rows}))}; "
         f"{args.threads} thread(s); Dice on the model grid.\n\n"
         + markdown_table(
             ["config", "step", "mean Dice", "vs network", "per pair", "NJD % in brain"], table

@@ -83,3 +83,32 @@ def test_2d_slices_are_built_once_before_the_cells(tiny_dataset: Path, tmp_path:
     assert not any((out / "cells").glob("*/data"))  # no cell built its own copy
     rows = _rows(out / "ablation.csv")
     assert {(r["attention"], r["n_pairs"]) for r in rows} == {("maxca", "6"), ("none", "6")}
+
+
+def test_holdout_dataset_splits_subjects_and_pairs_every_held_out_one(
+    tiny_dataset: Path, tmp_path: Path, capsys
+):
+    from maxca.data.learn2reg import load_learn2reg
+
+    src = load_learn2reg(tiny_dataset)
+    subjects = [e.image for e in (*src.training, *src.validation)]
+    path = ablation.holdout_dataset(tiny_dataset, tmp_path / "h", 3)
+    ds = load_learn2reg(path)
+    assert [e.image for e in ds.training] == subjects[:-3]
+    held = subjects[-3:]
+    assert [e.image for e in ds.validation] == held
+    assert all(e.label is not None and e.label.is_file() for e in ds.validation)
+    expected = {(f, m) for f in held for m in held if f != m}
+    assert set(ds.registration_val) == expected and len(ds.registration_val) == 6
+    assert ds.evaluation_labels == src.evaluation_labels
+    assert not set(held) & {e.image for e in ds.training}  # no held-out subject is trained on
+    # the same bytes again (cells of a parallel run may write it at the same time)
+    before = path.read_bytes()
+    assert ablation.holdout_dataset(tiny_dataset, tmp_path / "h", 3).read_bytes() == before
+    for bad in (1, len(subjects)):
+        with pytest.raises(ValueError, match="--holdout must be in"):
+            ablation.holdout_dataset(tiny_dataset, tmp_path / "x", bad)
+    with pytest.raises(SystemExit) as exc:
+        ablation_parallel.main(["--setting", "2d", "--holdout", "3", "--steps", "1",
+                                "--out", str(tmp_path / "p")])  # fmt: skip
+    assert exc.value.code == 2 and "--holdout is for --setting 3d" in capsys.readouterr().err

@@ -34,6 +34,21 @@ def test_refine_improves_the_match():
     assert after < 0.5 * before
 
 
+def test_refine_with_mind_aligns_a_negated_contrast():
+    # the moving image in a negated contrast (background still 0, like the padding): MIND-SSC
+    # compares structure, so refining against it aligns as with the same contrast, while NCC
+    # pushes the flow the wrong way (scored with the moving image in the fixed's contrast)
+    fixed, moving = _pair()
+    init = torch.zeros(1, 3, *SHAPE)
+    before = (fixed - moving).abs().mean()
+    mind = refine_flow(fixed, -moving, init, steps=20, similarity="mind")
+    same = refine_flow(fixed, moving, init, steps=20, similarity="mind")
+    ncc = refine_flow(fixed, -moving, init, steps=20, similarity="ncc")
+    torch.testing.assert_close(mind, same, atol=1e-4, rtol=0)
+    assert (fixed - warp(moving, mind)).abs().mean() < 0.3 * before
+    assert (fixed - warp(moving, ncc)).abs().mean() > before
+
+
 def test_refine_zero_steps_and_bad_arguments():
     fixed, moving = _pair()
     init = torch.randn(1, 3, *SHAPE) * 0.1

@@ -1,4 +1,4 @@
-"""LocalNCC, MSE, soft Dice and one_hot."""
+"""LocalNCC, MIND-SSC, MSE, soft Dice and one_hot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maxca.errors import MaxcaInputError
-from maxca.losses import MSE, DiceLoss, LocalNCC, one_hot
+from maxca.losses import MIND, MSE, DiceLoss, LocalNCC, RegistrationLoss, mind_ssc, one_hot
 
 
 def dense_ncc_reference(
@@ -109,6 +109,103 @@ def test_ncc_bad_inputs() -> None:
         ncc(torch.rand(1, 1, 5, 5), torch.rand(1, 1, 5, 5, 5))
     with pytest.raises(MaxcaInputError, match="floating-point"):
         ncc(torch.ones(1, 1, 5, 5, dtype=torch.long), torch.ones(1, 1, 5, 5, dtype=torch.long))
+
+
+def mind_reference(image: np.ndarray, radius: int, dilation: int) -> np.ndarray:
+    """MIND-SSC of one ``(*S)`` image by explicit loops: ``(P, *S)``.
+
+    Pairs: face neighbours at ``dilation`` on different axes; ``D`` the mean over the patch of
+    squared differences, image indices clamped to the image (replicated borders) and patch
+    voxels outside the image taking the value at the nearest voxel inside.
+    """
+    d, shape = image.ndim, image.shape
+    neigh = [tuple(s * dilation if k == axis else 0 for k in range(d))
+             for axis in range(d) for s in (-1, 1)]  # fmt: skip
+    pairs = [(a, b) for i, a in enumerate(neigh) for b in neigh[i + 1 :]
+             if np.dot(a, b) == 0]  # fmt: skip
+
+    def at(q) -> float:  # noqa: ANN001
+        return float(image[tuple(min(max(v, 0), n - 1) for v, n in zip(q, shape))])
+
+    def clamp(q):  # noqa: ANN001, ANN202
+        return tuple(min(max(v, 0), n - 1) for v, n in zip(q, shape))
+
+    dist = np.zeros((len(pairs), *shape))
+    offsets = list(itertools.product(range(-radius, radius + 1), repeat=d))
+    for k, (a, b) in enumerate(pairs):
+        for p in itertools.product(*[range(n) for n in shape]):
+            total = 0.0
+            for o in offsets:
+                q = clamp(tuple(pi + oi for pi, oi in zip(p, o)))
+                qa = tuple(qi + ai for qi, ai in zip(q, a))
+                qb = tuple(qi + bi for qi, bi in zip(q, b))
+                total += (at(qa) - at(qb)) ** 2
+            dist[(k, *p)] = total / len(offsets)
+    var = dist.mean(axis=0)
+    mean = var.mean()
+    var = np.clip(var, max(1e-3 * mean, 1e-6), max(1e3 * mean, 1e-6))
+    mind = np.exp(-dist / var)
+    return mind / mind.max(axis=0)
+
+
+@pytest.mark.parametrize(("shape", "radius", "dilation"), [((6, 7), 1, 1), ((7, 5), 0, 2),
+                                                           ((5, 4, 6), 1, 2)])  # fmt: skip
+def test_mind_matches_loop_reference(shape, radius: int, dilation: int) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 2, *shape, generator=g, dtype=torch.float64)
+    out = mind_ssc(x, radius, dilation)
+    P = 4 if len(shape) == 2 else 12
+    assert out.shape == (2, 2 * P, *shape) and out.dtype == torch.float64
+    for b, c in itertools.product(range(2), range(2)):
+        ref = mind_reference(x[b, c].numpy(), radius, dilation)
+        np.testing.assert_allclose(out[b, c * P : (c + 1) * P].numpy(), ref, atol=1e-12)
+
+
+def test_mind_known_answers() -> None:
+    # a ramp along axis 0: the 8 pairs with a neighbour on axis 0 differ by the dilation, the
+    # 4 others by 0, so D = (8 of dil^2, 4 of 0), V = 2/3 dil^2, MIND = exp(-1.5) or 1 inside
+    ramp = torch.arange(12.0).reshape(1, 1, 12, 1, 1).expand(1, 1, 12, 9, 9).contiguous()
+    m = mind_ssc(ramp, radius=1, dilation=2)[0, :, 6, 4, 4]
+    assert sorted(m.tolist()) == pytest.approx([float(np.exp(-1.5))] * 8 + [1.0] * 4)
+    # a flat image: every descriptor is 1 (no division by zero)
+    flat = mind_ssc(torch.full((1, 1, 6, 6, 6), 3.0))
+    assert torch.equal(flat, torch.ones_like(flat))
+    # every voxel's largest entry is 1, all in (0, 1]
+    r = mind_ssc(torch.rand(1, 1, 8, 9, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(r.amax(dim=1), torch.ones(1, 8, 9)) and (r > 0).all()
+
+
+def test_mind_invariant_to_intensity_scaling_and_negation() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 1, 9, 8, 7, generator=g, dtype=torch.float64)
+    for scale, shift in ((3.0, 2.0), (-0.5, 1.0), (-1.0, 0.0)):
+        torch.testing.assert_close(mind_ssc(scale * x + shift), mind_ssc(x))
+        assert MIND(3)(x, scale * x + shift).item() == pytest.approx(0.0, abs=1e-20)
+    shifted = torch.roll(x, 2, dims=2)
+    assert MIND(3)(x, shifted).item() > 0.01
+
+
+def test_mind_gradients_and_errors() -> None:
+    g = torch.Generator().manual_seed(2)
+    I = torch.rand(1, 1, 5, 6, generator=g, dtype=torch.float64)
+    J = torch.rand(1, 1, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: MIND(2, radius=1, dilation=1)(I, x), (J,))
+    x3 = torch.rand(1, 1, 6, 6, 6, generator=g)
+    y3 = torch.rand(1, 1, 6, 6, 6, generator=g)
+    total, terms = RegistrationLoss(3, "mind", {"similarity": 1.0})(
+        x3, y3, torch.zeros(1, 3, 6, 6, 6)
+    )
+    torch.testing.assert_close(terms["similarity"], MIND(3)(x3, y3))
+    for kw, what in (({"radius": -1}, "radius"), ({"dilation": 0}, "dilation"),
+                     ({"radius": True}, "radius"), ({"dilation": 1.0}, "dilation")):  # fmt: skip
+        with pytest.raises(MaxcaInputError, match=f"MIND {what} must be an integer"):
+            MIND(3, **kw)
+    with pytest.raises(MaxcaInputError, match="same shape"):
+        MIND(2)(I, J[..., :5])
+    with pytest.raises(MaxcaInputError, match="floating-point"):
+        mind_ssc(torch.ones(1, 1, 5, 5, dtype=torch.long))
+    with pytest.raises(MaxcaInputError, match="spatial axes"):
+        mind_ssc(torch.ones(1, 5, 5))
 
 
 def test_mse_known_value() -> None:

@@ -54,6 +54,12 @@ def test_similarity_needs_shared_contrast(tiny_overrides: list[str]) -> None:
          "data.synth_contrast=shared"],
     )  # fmt: skip
     assert cfg.loss.weights.similarity > 0 and cfg.data.synth_contrast == "shared"
+    # MIND compares structure, not intensities: allowed between independent contrasts
+    cfg = load_config(
+        TINY_CONFIG,
+        [*tiny_overrides, "data.synth=labels", "loss.weights.dice=1", "loss.similarity=mind"],
+    )
+    assert cfg.loss.similarity == "mind" and cfg.data.synth_contrast == "independent"
 
 
 def test_resume_from_a_checkpoint_saved_before_a_config_field_existed(

@@ -239,7 +239,9 @@ class LossConfig:
     """The training loss.
 
     Attributes:
-        similarity: ``ncc`` (local normalised cross-correlation) or ``mse``.
+        similarity: ``ncc`` (local normalised cross-correlation), ``mse`` or ``mind``
+            (MIND-SSC descriptors: pairs of different contrasts, e.g. with
+            ``data.synth_contrast=independent``).
         window: NCC window size (odd).
         weights: weights of ``similarity``, ``diffusion``, ``bending`` and ``dice``.
         dice_labels: label ids of the Dice term (``null``: the dataset's evaluation labels).
@@ -378,10 +380,12 @@ class ExperimentConfig:
             self.data.synth is not None
             and self.data.synth_contrast == "independent"
             and self.loss.weights.similarity > 0
+            and self.loss.similarity != "mind"
         ):
             raise MaxcaInputError(
                 "an intensity similarity between independently synthesised contrasts is "
-                "meaningless: set data.synth_contrast=shared or loss.weights.similarity=0"
+                "meaningless: set data.synth_contrast=shared, loss.similarity=mind or "
+                "loss.weights.similarity=0"
             )
         _check_model(self.model, self.data.shape)
 
