@@ -20,9 +20,15 @@ seeds) needs tens of core-hours on CPU; on a machine with many cores, or a GPU t
 
 Every option after ``--`` is passed to each ``ablation.py`` call unchanged (e.g. ``--small
 --lr 1e-3 --val-every 500``); ``--hosts``, ``--attentions``, ``--seeds``, ``--setting``,
-``--out``, ``--cache``, ``--steps``, ``--device`` and ``--threads`` belong to this script.
+``--out``, ``--cache``, ``--holdout``, ``--steps``, ``--device`` and ``--threads`` belong to this
+script.
 ``--merge-only`` runs no cell: it merges and reports the finished cells of the grid (a grid
 that grows across sessions can be reported at any time; missing cells are listed).
+
+``--holdout N`` (3-D) replaces the dataset's 4 ``registration_val`` pairs, too few for a paired
+test over one seed (the smallest two-sided Wilcoxon p over 4 pairs is 0.125), with every
+directed pair among its last N subjects, which are then left out of training
+(:func:`ablation.holdout_dataset`, written to ``OUT/data/dataset.json``): N = 4 gives 12 pairs.
 
 Usage (GPU machine, 16 cores; 45 cells of 7,500 steps each)::
 
@@ -31,6 +37,10 @@ Usage (GPU machine, 16 cores; 45 cells of 7,500 steps each)::
         --device cuda --jobs 15 --threads 1 -- --small --val-every 500
     python benchmarks/ablation_parallel.py --setting 2d --steps 20 --seeds 0 --jobs 2 \\
         --hosts pyramid --attentions maxca,none -- --small          # CPU smoke run
+    python benchmarks/ablation_parallel.py --setting 3d --holdout 4 --hosts pyramid \\
+        --attentions maxca,regional,dilated,window,none --seeds 0 --steps 400 --jobs 3 \\
+        --threads 1 --out benchmarks/results/ablation_3d_holdout -- --small --lr 1e-3 \\
+        --val-every 100                                             # 2-core CPU, ~2 h
 """
 
 from __future__ import annotations
@@ -195,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--setting",
         "--out",
         "--cache",
+        "--holdout",
         "--steps",
         "--device",
         "--threads",

@@ -133,8 +133,8 @@ def affine_register(
         finest_mm: voxel size of the finest level when ``shrink`` is not given (an affine
             needs no finer detail; 4 mm keeps a brain pair to a few seconds).
         min_step: the optimiser stops when its step (mm, after physical-shift scaling) falls
-            under this (``> 0``; 1e-3 mm changes the map by ~1e-3 mm from 1e-4 at half the
-            iterations).
+            under this (``> 0``; on brain pairs 1e-3 mm gives the map of 1e-4 mm to ~1e-3 mm
+            in two thirds of the time).
         rigid_levels: how many of the coarsest levels the rigid stage runs at (``>= 1``, or
             ``None`` for all; default 1: on brain pairs all levels cost ~30 % more for the same
             map).

@@ -26,6 +26,7 @@ def working_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
+_CONV_AVG = {2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class LocalNCC(nn.Module):
@@ -207,9 +208,6 @@ def mind_ssc(
     mind = torch.exp(-dist / var)
     mind = mind / mind.amax(dim=1, keepdim=True)
     return mind.reshape(B, C * len(pairs), *S)
-
-
-_CONV_AVG = {2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class MIND(nn.Module):
