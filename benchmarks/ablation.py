@@ -573,7 +573,8 @@ def holdout_dataset(source: Path, out_dir: Path, n: int) -> Path:
     subjects = [*ds.training, *ds.validation]
     if not 2 <= n < len(subjects):
         raise ValueError(f"--holdout must be in [2, {len(subjects) - 1}], got {n}")
-    data = json.loads(Path(source).read_text(encoding="utf-8"))
+    json_path = Path(source) / "dataset.json" if Path(source).is_dir() else Path(source)
+    data = json.loads(json_path.read_text(encoding="utf-8"))
 
     def entry(e: Any) -> dict[str, str]:
         out = {"image": str(e.image)}

@@ -105,6 +105,8 @@ def test_holdout_dataset_splits_subjects_and_pairs_every_held_out_one(
     # the same bytes again (cells of a parallel run may write it at the same time)
     before = path.read_bytes()
     assert ablation.holdout_dataset(tiny_dataset, tmp_path / "h", 3).read_bytes() == before
+    # the dataset's folder works as well as its json file
+    assert ablation.holdout_dataset(tiny_dataset.parent, tmp_path / "h", 3).read_bytes() == before
     for bad in (1, len(subjects)):
         with pytest.raises(ValueError, match="--holdout must be in"):
             ablation.holdout_dataset(tiny_dataset, tmp_path / "x", bad)
