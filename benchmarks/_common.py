@@ -11,6 +11,7 @@ pairs, registration and scoring in :mod:`maxca.app.pairs`, the 2-D slice dataset
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -132,6 +133,22 @@ def parse_ints(text: str, what: str) -> list[int]:
 def resolve_device(name: str) -> str:
     """The device name for ``--device`` (``auto`` -> ``cuda`` when available, else ``cpu``)."""
     return str(_resolve_device(name))
+
+
+def add_training_pair_args(p: argparse.ArgumentParser) -> None:
+    """``--dataset`` (brain-synth-2mm), ``--subjects`` (``lo-hi``) and ``--offset``: the
+    directed pairs of *training* subjects of :func:`training_pairs`."""
+    p.add_argument("--dataset", default=str(SHARED_DATA / "brain-synth-2mm/dataset.json"))
+    p.add_argument("--subjects", default="1-12", help="training subjects, e.g. 1-12")
+    p.add_argument("--offset", type=int, default=5, help="pair subject i with subject i+offset")
+
+
+def training_pairs(subjects: str, offset: int) -> list[tuple[str, str]]:
+    """``(fixed, moving)`` 4-digit ids: subject i with subject i + ``offset`` (wrapping) over
+    the subjects ``lo-hi``."""
+    lo, hi = (int(v) for v in subjects.split("-"))
+    subs = [f"{i:04d}" for i in range(lo, hi + 1)]
+    return [(subs[i], subs[(i + offset) % len(subs)]) for i in range(len(subs))]
 
 
 def set_threads(threads: int | None) -> None:

@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, atomic_write_text, markdown_table, set_threads, write_csv
+from _common import (
+    REPO,
+    add_training_pair_args,
+    atomic_write_text,
+    markdown_table,
+    set_threads,
+    training_pairs,
+    write_csv,
+)
 
 SETTINGS = {
     "previous": {"rigid_levels": None, "min_step": 1e-4},
@@ -46,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from maxca.metrics.overlap import dice
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--dataset", default=str(REPO.parent / "shared/data/brain-synth-2mm/dataset.json")
-    )
-    p.add_argument("--subjects", default="1-12", help="training subjects, e.g. 1-12")
-    p.add_argument("--offset", type=int, default=5, help="pair subject i with subject i+offset")
+    add_training_pair_args(p)
     p.add_argument("--degrees", type=float, default=20.0)
     p.add_argument("--shift", type=float, default=30.0)
     p.add_argument("--threads", type=int, default=1)
@@ -60,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_learn2reg(args.dataset)
     root = Path(args.dataset).parent
     labels = list(ds.evaluation_labels)
-    lo, hi = (int(v) for v in args.subjects.split("-"))
-    subs = [f"{i:04d}" for i in range(lo, hi + 1)]
-    pairs = [(subs[i], subs[(i + args.offset) % len(subs)]) for i in range(len(subs))]
+    pairs = training_pairs(args.subjects, args.offset)
     moved = np.eye(4)
     moved[:3, :3] = Rotation.from_euler("z", args.degrees, degrees=True).as_matrix()
     moved[:3, 3] = (args.shift, 0.0, 0.0)

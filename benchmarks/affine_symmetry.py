@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, atomic_write_text, set_threads, write_csv  # benchmarks/ is on the path
+from _common import (
+    REPO,
+    add_training_pair_args,
+    atomic_write_text,
+    set_threads,
+    training_pairs,
+    write_csv,
+)  # benchmarks/ is on the path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from maxca.metrics.overlap import dice
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--dataset", default=str(REPO.parent / "shared/data/brain-synth-2mm/dataset.json")
-    )
-    p.add_argument("--subjects", default="1-12", help="training subjects, e.g. 1-12")
-    p.add_argument("--offset", type=int, default=5, help="pair subject i with subject i+offset")
+    add_training_pair_args(p)
     p.add_argument("--network", action="store_true", help="also register with the brain model")
     p.add_argument("--model", default="brain")
     p.add_argument("--threads", type=int, default=1)
@@ -53,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_learn2reg(args.dataset)
     root = Path(args.dataset).parent
     labels = list(ds.evaluation_labels)
-    lo, hi = (int(v) for v in args.subjects.split("-"))
-    subs = [f"{i:04d}" for i in range(lo, hi + 1)]
-    pairs = [(subs[i], subs[(i + args.offset) % len(subs)]) for i in range(len(subs))]
+    pairs = training_pairs(args.subjects, args.offset)
 
     def paths(sub: str) -> tuple[Path, Path]:
         name = f"{ds.name}_{sub}_0000.nii.gz" if ds.name else f"{sub}.nii.gz"

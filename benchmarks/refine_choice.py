@@ -39,53 +39,29 @@ import torch
 
 from _common import REPO, atomic_write_text, markdown_table, set_threads, write_csv
 
+
+def _update(diffusion: float, similarity: str | None = None) -> dict:
+    """A candidate that regularises the change from the prediction (learning rate 0.05)."""
+    config = {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": diffusion},
+    }
+    if similarity is not None:
+        config["similarity"] = similarity
+    return config
+
+
 CONFIGS = {
     "field": {"regularise": "field", "lr": 0.1, "weights": None},
-    "update": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 1.0},
-    },
-    "update_d03": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 0.3},
-    },
-    "update_d10": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 10.0},
-    },
-    "mind": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 1.0},
-        "similarity": "mind",
-    },
-    "mind_d01": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 0.1},
-        "similarity": "mind",
-    },
-    "mind_d3": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 3.0},
-        "similarity": "mind",
-    },
-    "mind_d10": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 10.0},
-        "similarity": "mind",
-    },
-    "mind_d001": {
-        "regularise": "update",
-        "lr": 0.05,
-        "weights": {"similarity": 1.0, "diffusion": 0.01},
-        "similarity": "mind",
-    },
+    "update": _update(1.0),
+    "update_d03": _update(0.3),
+    "update_d10": _update(10.0),
+    "mind": _update(1.0, "mind"),
+    "mind_d01": _update(0.1, "mind"),
+    "mind_d3": _update(3.0, "mind"),
+    "mind_d10": _update(10.0, "mind"),
+    "mind_d001": _update(0.01, "mind"),
 }
 
 

@@ -160,3 +160,12 @@ def test_name_parsing() -> None:
     assert _common.parse_ints("0,1,2", "seeds") == [0, 1, 2]
     with pytest.raises(ValueError):
         _common.parse_ints("0,x", "seeds")
+
+
+def test_training_pairs_wrap_around_the_subjects() -> None:
+    from _common import training_pairs
+
+    assert training_pairs("1-4", 1) == [
+        ("0001", "0002"), ("0002", "0003"), ("0003", "0004"), ("0004", "0001")
+    ]  # fmt: skip
+    assert training_pairs("3-5", 5) == [("0003", "0005"), ("0004", "0003"), ("0005", "0004")]
