@@ -284,3 +284,23 @@ def test_channel_layer_norm_matches_torch_layer_norm() -> None:
         ref.bias.copy_(norm.bias)
     expected = ref(x.movedim(1, -1)).movedim(-1, 1)
     torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_layer_norm_gradients_match_torch_layer_norm() -> None:
+    """Backward of the channel LayerNorm equals ``nn.LayerNorm``'s, for the input and the
+    affine parameters (float64, so any algebra slip shows)."""
+    torch.manual_seed(1)
+    x = (torch.randn(1, 5, 4, 3, 2, dtype=torch.float64) * 2.0 - 0.5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    norm = ChannelLayerNorm(5).double()
+    ref = nn.LayerNorm(5, eps=norm.eps).double()
+    with torch.no_grad():
+        for m in (norm, ref):
+            m.weight.copy_(torch.linspace(0.5, 1.5, 5))
+            m.bias.copy_(torch.linspace(-0.3, 0.3, 5))
+    upstream = torch.randn(1, 5, 4, 3, 2, dtype=torch.float64)
+    (norm(x) * upstream).sum().backward()
+    (ref(x_ref.movedim(1, -1)).movedim(-1, 1) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(norm.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(norm.bias.grad, ref.bias.grad)

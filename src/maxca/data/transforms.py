@@ -31,7 +31,7 @@ from maxca._checks import NORMALISATIONS
 from maxca.data.io import Volume
 from maxca.errors import MaxcaInputError
 from maxca.spatial.grid import identity_grid
-from maxca.spatial.sample import apply_affine, sample_grid, volume_tensor
+from maxca.spatial.sample import apply_affine, grid_sample_cpu, sample_grid, volume_tensor
 
 __all__ = [
     "AugmentConfig",
@@ -406,14 +406,10 @@ def affine_warp(
     dtype = image.dtype if image.is_floating_point() else torch.float32
     theta_t = torch.as_tensor(theta, dtype=dtype, device=image.device)[None]
     grid = F.affine_grid(theta_t, [1, image.shape[0], *image.shape[1:]], align_corners=True)
-    out = F.grid_sample(
-        image[None].to(dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True
-    )[0]
+    out = grid_sample_cpu(image[None].to(dtype), grid, "bilinear", padding_mode)[0]
     out_label = None
     if label is not None:
-        warped = F.grid_sample(
-            label[None].to(dtype), grid, mode="nearest", padding_mode="zeros", align_corners=True
-        )[0]
+        warped = grid_sample_cpu(label[None].to(dtype), grid, "nearest", "zeros")[0]
         out_label = torch.round(warped).to(label.dtype)
     return out, out_label
 

@@ -49,12 +49,12 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)  # (B, 1, *S)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
+        centred = x - x.mean(dim=1, keepdim=True)  # (B, C, *S)
+        # variance as the mean of the centred squares: on CPU, torch's ``var`` over a
+        # non-innermost axis took ~3x this whole forward (torch 2.13, 16 x 80x96x112)
+        inv_std = torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(
-            shape
-        )
+        return torch.addcmul(self.bias.view(shape), centred * inv_std, self.weight.view(shape))
 
 
 class AttentionSlot(nn.Module):
