@@ -14,6 +14,8 @@ brain every ``--every`` steps:
 * ``update``: the regulariser on the change from the prediction (``regularise="update"``),
   diffusion 1, learning rate 0.05 (the model's ``refine`` entry now);
 * ``update_d03``, ``update_d10``: the same with diffusion 0.3 and 10;
+* ``update_w5``, ``update_lr01``, ``update_w5_d03``: ``update`` with an NCC window of 5 (the
+  model's is 9), a learning rate of 0.1, and both window 5 and diffusion 0.3;
 * ``mind``, ``mind_d001``, ``mind_d01``, ``mind_d3``, ``mind_d10``: ``update`` with MIND-SSC
   (:class:`maxca.losses.MIND`) in place of NCC, diffusion 1, 0.01, 0.1, 3 and 10.
 
@@ -40,15 +42,20 @@ import torch
 from _common import REPO, atomic_write_text, markdown_table, set_threads, write_csv
 
 
-def _update(diffusion: float, similarity: str | None = None) -> dict:
-    """A candidate that regularises the change from the prediction (learning rate 0.05)."""
+def _update(
+    diffusion: float, similarity: str | None = None, lr: float = 0.05, window: int | None = None
+) -> dict:
+    """A candidate that regularises the change from the prediction (learning rate ``lr``; NCC
+    window ``window``, default the model's)."""
     config = {
         "regularise": "update",
-        "lr": 0.05,
+        "lr": lr,
         "weights": {"similarity": 1.0, "diffusion": diffusion},
     }
     if similarity is not None:
         config["similarity"] = similarity
+    if window is not None:
+        config["window"] = window
     return config
 
 
@@ -57,6 +64,9 @@ CONFIGS = {
     "update": _update(1.0),
     "update_d03": _update(0.3),
     "update_d10": _update(10.0),
+    "update_w5": _update(1.0, window=5),
+    "update_lr01": _update(1.0, lr=0.1),
+    "update_w5_d03": _update(0.3, window=5),
     "mind": _update(1.0, "mind"),
     "mind_d01": _update(0.1, "mind"),
     "mind_d3": _update(3.0, "mind"),
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             c = CONFIGS[name]
             options = {
                 "similarity": c.get("similarity") or loss.get("similarity", "ncc"),
-                "window": loss.get("window", 9),
+                "window": c.get("window") or loss.get("window", 9),
                 "weights": c["weights"] or dict(loss.get("weights") or {}),
                 "lr": c["lr"],
                 "regularise": c["regularise"],

@@ -104,3 +104,30 @@ def test_train_memory_profile_peak_extrapolates_per_phase(tmp_path: Path) -> Non
         peak, scaled = float(r["peak_mb"]) / 1e3, float(r["scaled_tensors_gb"])
         assert peak <= scaled + 1e-3 <= 8 * peak + 1e-2
         assert float(r["extrapolated_gb"]) > float(r["baseline_gb"]) > 0
+
+
+def test_sampler_threads_previous_code_is_the_old_code_and_is_restored() -> None:
+    """``previous_code`` switches off the slabs and puts back the var-based LayerNorm (same
+    values as the current one), and restores both afterwards, even after an error."""
+    import pytest
+    import sampler_threads
+    import torch
+
+    from maxca.models._blocks import ChannelLayerNorm
+    from maxca.spatial import sample
+
+    limit, forward = sample.SPLIT_MIN_POINTS, ChannelLayerNorm.forward
+    norm = ChannelLayerNorm(4)
+    x = torch.randn(1, 4, 3, 5, 6, dtype=torch.float64) * 2 + 1
+    with sampler_threads.previous_code(True):
+        assert sample.SPLIT_MIN_POINTS > 10**15 and ChannelLayerNorm.forward is not forward
+        old = norm(x)
+    torch.testing.assert_close(old, norm(x), rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError), sampler_threads.previous_code(True):
+        raise RuntimeError("boom")
+    assert (sample.SPLIT_MIN_POINTS, ChannelLayerNorm.forward) == (limit, forward)
+    calls: list[str] = []
+    medians = sampler_threads.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2
+    )
+    assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}  # warm-up, then in turn
