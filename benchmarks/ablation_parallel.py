@@ -41,6 +41,13 @@ Usage (GPU machine, 16 cores; 45 cells of 7,500 steps each)::
         --attentions maxca,regional,dilated,window,none --seeds 0 --steps 400 --jobs 3 \\
         --threads 1 --out benchmarks/results/ablation_3d_holdout -- --small --lr 1e-3 \\
         --val-every 100                                             # 2-core CPU, ~2 h
+
+Stopping and restarting: a cell's trainer saves ``checkpoints/last`` when it receives SIGTERM,
+so a killed grid resumes where it stopped. To start a grid afresh instead, wait until every
+cell's process has exited before deleting its folder (a checkpoint written after a quick
+``rm -rf`` is resumed by the next run). ``kill -STOP`` / ``kill -CONT`` on the cells' processes
+pause and continue them without losing anything (e.g. to free the cores for a timing run).
+Each 3-D ``--small`` cell holds about 4 GB of memory on the CPU.
 """
 
 from __future__ import annotations
