@@ -129,7 +129,22 @@ def test_deterministic_for_a_seed(fixed: Volume) -> None:
     assert _max_error(other, first, _brain_points(fixed)) < 1.5  # both near the answer
 
 
+def test_both_gradient_settings_recover_a_known_rotation(fixed: Volume) -> None:
+    """Central differences at the sampled points (default) and ITK's precomputed gradient
+    images reach the same answer by different arithmetic (so the switch does reach ITK)."""
+    T = _rotation_z(12.0, (-6.0, 5.0, 3.0))
+    moving = _moving_from(fixed, T)
+    points = _brain_points(fixed)
+    ours = affine_register(fixed, moving, threads=1).matrix
+    itk = affine_register(fixed, moving, threads=1, gradient_filter=True).matrix
+    assert _max_error(ours, T, points) < 1.5 and _max_error(itk, T, points) < 1.5
+    assert np.abs(ours - itk).max() > 1e-6
+
+
 def test_bad_inputs(fixed: Volume, tmp_path) -> None:
+    for flag in (1, "yes", None):
+        with pytest.raises(MaxcaInputError, match="gradient_filter"):
+            affine_register(fixed, fixed, gradient_filter=flag)
     with pytest.raises(MaxcaInputError, match="seed"):
         affine_register(fixed, fixed, seed=-1)
     for step in (0, -1e-3, float("nan"), "1e-3"):
