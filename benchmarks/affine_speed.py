@@ -7,10 +7,12 @@ validation pairs the model card reports), :func:`maxca.inference.affine.affine_r
 * ``previous``: the rigid stage at every resolution level, the optimiser stopped at a step
   of 1e-4 mm and ITK's precomputed gradient images (``rigid_levels=None, min_step=1e-4,
   gradient_filter=True``: the settings before this script);
-* ``gradient_filter``: the defaults but with ITK's precomputed gradient images
-  (``gradient_filter=True``: the settings between 2026-12-01 15:59 and 19:40 UTC);
+* ``gradient_filter``: the rigid stage at the coarsest level only, a 1e-3 mm stop and ITK's
+  precomputed gradient images (``min_step=1e-3, gradient_filter=True``: the settings of
+  2026-12-01 15:59-19:40 UTC);
+* ``stop_1e-3``: the defaults with a 1e-3 mm stop (``min_step=1e-3``: 19:40-20:05 UTC);
 * ``current``: the library's defaults (the rigid stage at the coarsest level only, stopped at
-  1e-3 mm, gradients by central differences at the sampled points only).
+  3e-3 mm, gradients by central differences at the sampled points only).
 
 The settings run on each pair one after the other (same process, same thread count), so their
 time ratios are measured side by side. For each: seconds, the affine-only Dice of the moving label
@@ -43,7 +45,8 @@ from _common import (
 
 SETTINGS = {
     "previous": {"rigid_levels": None, "min_step": 1e-4, "gradient_filter": True},
-    "gradient_filter": {"gradient_filter": True},
+    "gradient_filter": {"min_step": 1e-3, "gradient_filter": True},
+    "stop_1e-3": {"min_step": 1e-3},
     "current": {},
 }
 

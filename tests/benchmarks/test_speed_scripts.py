@@ -110,9 +110,9 @@ def test_sampler_threads_previous_code_is_the_old_code_and_is_restored() -> None
     """``previous_code`` switches off the slabs and puts back the var-based LayerNorm (same
     values as the current one), and restores both afterwards, even after an error."""
     import pytest
-    import sampler_threads
     import torch
 
+    import sampler_threads
     from maxca.models._blocks import ChannelLayerNorm
     from maxca.spatial import sample
 

@@ -141,8 +141,23 @@ def test_both_gradient_settings_recover_a_known_rotation(fixed: Volume) -> None:
     assert np.abs(ours - itk).max() > 1e-6
 
 
+def test_default_gradients_follow_the_levels_smoothing(fixed: Volume) -> None:
+    """By default ITK's gradient images are used exactly when a level runs at full resolution
+    (shrink 1), and central differences when every level is shrunk (and smoothed)."""
+    T = _rotation_z(6.0, (3.0, -2.0, 1.0))
+    moving = _moving_from(fixed, T)
+
+    def run(shrink: tuple[int, ...], flag: bool | None) -> np.ndarray:
+        kw = {} if flag is None else {"gradient_filter": flag}
+        return affine_register(fixed, moving, shrink=shrink, threads=1, **kw).matrix
+
+    np.testing.assert_allclose(run((1,), None), run((1,), True), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(run((2,), None), run((2,), False), rtol=0, atol=1e-9)
+    assert np.abs(run((2,), True) - run((2,), False)).max() > 1e-6  # the two really differ
+
+
 def test_bad_inputs(fixed: Volume, tmp_path) -> None:
-    for flag in (1, "yes", None):
+    for flag in (1, "yes", 0.0):
         with pytest.raises(MaxcaInputError, match="gradient_filter"):
             affine_register(fixed, fixed, gradient_filter=flag)
     with pytest.raises(MaxcaInputError, match="seed"):

@@ -105,9 +105,9 @@ def affine_register(
     seed: int = 0,
     threads: int | None = None,
     symmetric: bool = True,
-    min_step: float = 1e-3,
+    min_step: float = 3e-3,
     rigid_levels: int | None = 1,
-    gradient_filter: bool = False,
+    gradient_filter: bool | None = None,
 ) -> AffineResult:
     """Affine registration of ``moving`` to ``fixed`` (any grids, any contrasts).
 
@@ -135,14 +135,18 @@ def affine_register(
             needs no finer detail; 4 mm keeps a brain pair to a few seconds).
         min_step: the optimiser stops when its step (mm, after physical-shift scaling) falls
             under this (``> 0``; on brain pairs 1e-3 mm gives the map of 1e-4 mm to ~1e-3 mm
-            in two thirds of the time).
+            in two thirds of the time, and the default 3e-3 mm that of 1e-3 mm to ~0.04 mm in
+            0.86x the time).
         rigid_levels: how many of the coarsest levels the rigid stage runs at (``>= 1``, or
             ``None`` for all; default 1: on brain pairs all levels cost ~30 % more for the same
             map).
-        gradient_filter: let ITK precompute a smoothed gradient image of both images at every
-            level (its default) instead of taking central differences at the sampled points
-            only (default ``False``: on brain pairs about 0.75x the time, maps within ~0.15 mm;
-            ``benchmarks/affine_speed.py``).
+        gradient_filter: ``True``: ITK precomputes a smoothed gradient image of both images at
+            every level (its own default); ``False``: central differences at the sampled points
+            only (on brain pairs 0.83x the time, maps within 0.2 mm;
+            ``benchmarks/affine_speed.py``), which needs the level's own smoothing: on a small
+            sharp-edged phantom registered at full resolution it missed by 4.4 mm where the
+            gradient images gave 0.3 mm. ``None`` (default): ``False`` for a registration whose
+            levels are all shrunk (smoothed by >= 1 voxel), else ``True``.
         symmetric: register in both directions and return the log-Euclidean mean
             ``expm((logm T + logm R^-1) / 2)`` of the forward map ``T`` and the inverse of the
             reverse map ``R`` (``R`` refined from ``T^-1`` at the finest level: ~1.5x the time
@@ -174,8 +178,10 @@ def affine_register(
         isinstance(rigid_levels, bool) or not isinstance(rigid_levels, int) or rigid_levels < 1
     ):
         raise MaxcaInputError(f"rigid_levels must be an integer >= 1 or None, got {rigid_levels!r}")
-    if not isinstance(gradient_filter, bool):
-        raise MaxcaInputError(f"gradient_filter must be True or False, got {gradient_filter!r}")
+    if gradient_filter is not None and not isinstance(gradient_filter, bool):
+        raise MaxcaInputError(
+            f"gradient_filter must be True, False or None, got {gradient_filter!r}"
+        )
     t0 = time.perf_counter()
     f_img, m_img = _to_sitk(fixed), _to_sitk(moving)
     options = (
@@ -212,7 +218,7 @@ def _one_way(
     seed: int,
     threads: int | None,
     min_step: float,
-    gradient_filter: bool,
+    gradient_filter: bool | None,
     start: np.ndarray | None = None,
     rigid_levels: int | None = 1,
 ) -> tuple[np.ndarray, float]:
@@ -237,8 +243,11 @@ def _one_way(
             R.SetMetricSamplingPercentage(float(fraction), int(seed) + 1)
         else:  # every voxel: no random draw (a 100 % random draw repeats some, misses others)
             R.SetMetricSamplingStrategy(R.NONE)
-        R.SetMetricUseFixedImageGradientFilter(gradient_filter)
-        R.SetMetricUseMovingImageGradientFilter(gradient_filter)
+        # central differences need smoothed images: a level at full resolution (shrink 1,
+        # smoothed by half a voxel) takes ITK's smoothed gradient images unless told otherwise
+        filtered = min(levels) < 2 if gradient_filter is None else gradient_filter
+        R.SetMetricUseFixedImageGradientFilter(filtered)
+        R.SetMetricUseMovingImageGradientFilter(filtered)
         R.SetInterpolator(sitk.sitkLinear)
         R.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0,
