@@ -161,6 +161,23 @@ def set_threads(threads: int | None) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
 
 
+def interleaved_times(
+    runs: Mapping[str, Callable[[], Any]], repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of each callable, timed in turn (round ``r`` runs every one once) ``repeats``
+    times after one warm-up call each: variants compared side by side share the machine's
+    drifts."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 # ---------------------------------------------------------------------------------------------
 # validation pairs and scoring
 # ---------------------------------------------------------------------------------------------

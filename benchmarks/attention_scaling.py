@@ -174,15 +174,10 @@ def ratio_and_profile(
 
         mc = compile_model(m)
         fns["compiled"] = lambda: mc(xin)
-    ts: dict[str, list[float]] = {k: [] for k in fns}
+    from _common import interleaved_times  # here: the memory children do not import it
+
     with torch.no_grad():
-        for fn in fns.values():  # warm-up (and compilation)
-            fn()
-        for _ in range(repeats):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                ts[k].append(time.perf_counter() - t0)
+        ts = interleaved_times(fns, repeats)  # the warm-up compiles the compiled variant
         t_block, t_base = min(ts["block"]), min(ts["base"])
         with torch.profiler.profile() as prof:
             m(xin)

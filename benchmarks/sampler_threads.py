@@ -24,11 +24,18 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from _common import BRAIN_2MM, REPO, atomic_write_text, markdown_table, set_threads, write_csv
+from _common import (
+    BRAIN_2MM,
+    REPO,
+    atomic_write_text,
+    interleaved_times,
+    markdown_table,
+    set_threads,
+    write_csv,
+)
 
 COLUMNS = ["part", "pass", "variant", "threads", "median_s", "ratio", "repeats", "max_abs_diff"]
 
@@ -63,16 +70,8 @@ def previous_code(on: bool) -> Iterator[None]:
 
 
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each callable, timed in turn ``repeats`` times after one warm-up."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for fn in runs.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each callable (:func:`_common.interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(runs, repeats).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,3 +131,20 @@ def test_sampler_threads_previous_code_is_the_old_code_and_is_restored() -> None
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2
     )
     assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}  # warm-up, then in turn
+
+
+def test_interleaved_times_runs_in_turn_and_times_each_call() -> None:
+    import time
+
+    from _common import interleaved_times
+
+    calls: list[str] = []
+
+    def slow() -> None:
+        calls.append("slow")
+        time.sleep(0.02)
+
+    times = interleaved_times({"fast": lambda: calls.append("fast"), "slow": slow}, repeats=3)
+    assert calls == ["fast", "slow"] * 4  # one warm-up round, then 3 timed rounds in turn
+    assert [len(v) for v in times.values()] == [3, 3]
+    assert min(times["slow"]) >= 0.02 > max(times["fast"])
