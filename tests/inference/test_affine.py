@@ -141,19 +141,44 @@ def test_both_gradient_settings_recover_a_known_rotation(fixed: Volume) -> None:
     assert np.abs(ours - itk).max() > 1e-6
 
 
-def test_default_gradients_follow_the_levels_smoothing(fixed: Volume) -> None:
-    """By default ITK's gradient images are used exactly when a level runs at full resolution
-    (shrink 1), and central differences when every level is shrunk (and smoothed)."""
-    T = _rotation_z(6.0, (3.0, -2.0, 1.0))
-    moving = _moving_from(fixed, T)
+def test_default_gradients_follow_the_levels_smoothing(fixed: Volume, monkeypatch) -> None:
+    """By default ITK's gradient images are used exactly by the registrations (rigid stage,
+    affine stage, reverse direction) that have a level at full resolution (shrink 1), central
+    differences by those whose levels are all shrunk (and smoothed); an explicit flag applies to
+    every registration."""
+    import SimpleITK as sitk  # noqa: N813 (the library's own idiom)
 
-    def run(shrink: tuple[int, ...], flag: bool | None) -> np.ndarray:
+    seen: list[tuple[bool, bool]] = []
+    real_fixed = sitk.ImageRegistrationMethod.SetMetricUseFixedImageGradientFilter
+    real_moving = sitk.ImageRegistrationMethod.SetMetricUseMovingImageGradientFilter
+
+    def record_fixed(self, flag):  # noqa: ANN001, ANN202
+        seen.append((bool(flag), False))
+        return real_fixed(self, flag)
+
+    def record_moving(self, flag):  # noqa: ANN001, ANN202
+        seen[-1] = (seen[-1][0], bool(flag))
+        return real_moving(self, flag)
+
+    monkeypatch.setattr(
+        sitk.ImageRegistrationMethod, "SetMetricUseFixedImageGradientFilter", record_fixed
+    )
+    monkeypatch.setattr(
+        sitk.ImageRegistrationMethod, "SetMetricUseMovingImageGradientFilter", record_moving
+    )
+    moving = _moving_from(fixed, _rotation_z(6.0, (3.0, -2.0, 1.0)))
+    expected = {
+        # rigid stage at (2,): shrunk; affine stage at (2, 1) and reverse at (1,): full resolution
+        ((2, 1), None): [(False, False), (True, True), (True, True)],
+        ((4, 2), None): [(False, False)] * 3,
+        ((4, 2), True): [(True, True)] * 3,
+        ((2, 1), False): [(False, False)] * 3,
+    }
+    for (shrink, flag), calls in expected.items():
+        seen.clear()
         kw = {} if flag is None else {"gradient_filter": flag}
-        return affine_register(fixed, moving, shrink=shrink, threads=1, **kw).matrix
-
-    np.testing.assert_allclose(run((1,), None), run((1,), True), rtol=0, atol=1e-9)
-    np.testing.assert_allclose(run((2,), None), run((2,), False), rtol=0, atol=1e-9)
-    assert np.abs(run((2,), True) - run((2,), False)).max() > 1e-6  # the two really differ
+        affine_register(fixed, moving, shrink=shrink, threads=1, **kw)
+        assert seen == calls, (shrink, flag, seen)
 
 
 def test_bad_inputs(fixed: Volume, tmp_path) -> None:
