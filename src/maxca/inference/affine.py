@@ -136,7 +136,7 @@ def affine_register(
         min_step: the optimiser stops when its step (mm, after physical-shift scaling) falls
             under this (``> 0``; on brain pairs 1e-3 mm gives the map of 1e-4 mm to ~1e-3 mm
             in two thirds of the time, and the default 3e-3 mm that of 1e-3 mm to ~0.04 mm in
-            0.86x the time).
+            0.84x the time).
         rigid_levels: how many of the coarsest levels the rigid stage runs at (``>= 1``, or
             ``None`` for all; default 1: on brain pairs all levels cost ~30 % more for the same
             map).
