@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.dataset).parent
     fixed_id, moving_id = args.pair.split(",")
     vols = [
-        read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image") for s in args.pair.split(",")
+        read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image")
+        for s in (fixed_id, moving_id)
     ]
     grid = model_grid(vols[0], prep)
     fixed, moving = (model_input(v, grid, prep) for v in vols)

@@ -165,7 +165,7 @@ def grid_sample_cpu(
         src.device.type != "cpu"
         or src.shape[0] != 1
         or k < 2
-        or grid[0, ..., 0].numel() < (SPLIT_MIN_POINTS)
+        or grid[0, ..., 0].numel() < SPLIT_MIN_POINTS
     ):
         return F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     pad = -n % k
