@@ -2,7 +2,9 @@
 
 The packaged ``brain`` model was trained with a Dice term on label maps, so its field follows
 anatomy that image similarity cannot see. This script refines its prediction on directed pairs
-of training subjects (subject i to i+5; never the validation pairs the model card reports) with
+of training subjects (subject i to i+5; never the validation pairs the model card reports), or
+on the pairs given by ``--pairs`` (e.g. ``3:14,4:14,5:14``: the held-out subject 14 moved onto
+training subjects, which the model card's validation pairs do not include), with
 :func:`maxca.inference.refine.refine_flow`'s loss and each setting of ``--configs``, and scores
 the mean Dice over the dataset's evaluation labels (moving label map warped by nearest
 neighbour on the model grid) and the % of non-positive Jacobian determinants inside the fixed
@@ -14,8 +16,9 @@ brain every ``--every`` steps:
 * ``update``: the regulariser on the change from the prediction (``regularise="update"``),
   diffusion 1, learning rate 0.05 (the model's ``refine`` entry now);
 * ``update_d03``, ``update_d10``: the same with diffusion 0.3 and 10;
-* ``update_w5``, ``update_lr01``, ``update_w5_d03``: ``update`` with an NCC window of 5 (the
-  model's is 9), a learning rate of 0.1, and both window 5 and diffusion 0.3;
+* ``update_w5``, ``update_lr01``, ``update_w5_d03``, ``update_d05``: ``update`` with an NCC
+  window of 5 (the model's is 9), a learning rate of 0.1, both window 5 and diffusion 0.3, and
+  diffusion 0.5;
 * ``mind``, ``mind_d001``, ``mind_d01``, ``mind_d3``, ``mind_d10``: ``update`` with MIND-SSC
   (:class:`maxca.losses.MIND`) in place of NCC, diffusion 1, 0.01, 0.1, 3 and 10.
 
@@ -67,6 +70,7 @@ CONFIGS = {
     "update_w5": _update(1.0, window=5),
     "update_lr01": _update(1.0, lr=0.1),
     "update_w5_d03": _update(0.3, window=5),
+    "update_d05": _update(0.5),
     "mind": _update(1.0, "mind"),
     "mind_d01": _update(0.1, "mind"),
     "mind_d3": _update(3.0, "mind"),
@@ -95,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="field,update", help=f"among {', '.join(CONFIGS)}")
     p.add_argument("--subjects", default="1,2,3", help="moving = subject + --offset")
     p.add_argument("--offset", type=int, default=5)
+    p.add_argument(
+        "--pairs",
+        default=None,
+        help="explicit FIXED:MOVING subject pairs, e.g. 3:14,4:14 (instead of --subjects)",
+    )
     p.add_argument(
         "--moving-contrast",
         choices=("as-given", "t2"),
@@ -128,8 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         return read_volume(path, "image" if kind == "image" else "label")
 
     rows = []
-    for f in (int(v) for v in args.subjects.split(",")):
-        m = f + args.offset
+    if args.pairs:
+        try:
+            pairs = [tuple(int(v) for v in item.split(":")) for item in args.pairs.split(",")]
+        except ValueError:
+            pairs = []
+        if not pairs or any(len(pr) != 2 for pr in pairs):
+            p.error(f"--pairs must be FIXED:MOVING subject numbers, got {args.pairs!r}")
+    else:
+        pairs = [(f, f + args.offset) for f in (int(v) for v in args.subjects.split(","))]
+    for f, m in pairs:
         F, M = read(f, "image"), read(m, "image")
         if args.moving_contrast == "t2":
             lab = read(m, "label")
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             ])  # fmt: skip
     text = (
         f"Model {args.model}; moving contrast {args.moving_contrast}; "
-        f"training pairs {', '.join(sorted({r['pair'] for r in rows}))}; "
+        f"pairs (fixed_moving) {', '.join(sorted({r['pair'] for r in rows}))}; "
         f"{args.threads} thread(s); Dice on the model grid.\n\n"
         + markdown_table(
             ["config", "step", "mean Dice", "vs network", "per pair", "NJD % in brain"], table

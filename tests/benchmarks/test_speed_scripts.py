@@ -148,3 +148,30 @@ def test_interleaved_times_runs_in_turn_and_times_each_call() -> None:
     assert calls == ["fast", "slow"] * 4  # one warm-up round, then 3 timed rounds in turn
     assert [len(v) for v in times.values()] == [3, 3]
     assert min(times["slow"]) >= 0.02 > max(times["fast"])
+
+
+def test_ncc_speed_previous_code_sums_by_convolution_and_is_restored() -> None:
+    """``ncc_speed.previous_code`` makes LocalNCC sum its windows with the old convolutions
+    (same sums as ``box_sum``), and puts ``box_sum`` back afterwards, even after an error."""
+    import pytest
+    import torch
+
+    import ncc_speed
+    from maxca.losses import LocalNCC, box_sum
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 7, 6, 9, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        ncc_speed.conv_box_sum(x, (3, 5, 9)), box_sum(x, (3, 5, 9)), rtol=0, atol=1e-12
+    )
+    current = LocalNCC._box_sum
+    ncc = LocalNCC(3, window=5)
+    I, J = x[:1], x[1:]
+    with ncc_speed.previous_code(True):
+        assert LocalNCC._box_sum is not current
+        old = ncc(I, J)
+    assert LocalNCC._box_sum is current
+    torch.testing.assert_close(old, ncc(I, J), rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError), ncc_speed.previous_code(True):
+        raise RuntimeError("boom")
+    assert LocalNCC._box_sum is current

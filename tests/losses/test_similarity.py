@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from maxca.errors import MaxcaInputError
-from maxca.losses import MIND, MSE, DiceLoss, LocalNCC, RegistrationLoss, mind_ssc, one_hot
+from maxca.losses import (
+    MIND,
+    MSE,
+    DiceLoss,
+    LocalNCC,
+    RegistrationLoss,
+    box_sum,
+    mind_ssc,
+    one_hot,
+)
 
 
 def dense_ncc_reference(
@@ -34,7 +43,13 @@ def dense_ncc_reference(
 
 @pytest.mark.parametrize(
     ("shape", "window"),
-    [((2, 1, 7, 6), 3), ((1, 2, 6, 5), 5), ((1, 1, 6, 7), (3, 5)), ((2, 1, 5, 4, 6), 3)],
+    [
+        ((2, 1, 7, 6), 3),
+        ((1, 2, 6, 5), 5),
+        ((1, 1, 6, 7), (3, 5)),
+        ((2, 1, 5, 4, 6), 3),
+        ((1, 1, 6, 5), 9),  # windows wider than the image: every voxel's window truncated
+    ],
 )
 def test_ncc_matches_dense_reference(shape: tuple[int, ...], window) -> None:  # noqa: ANN001
     g = torch.Generator().manual_seed(0)
@@ -51,6 +66,48 @@ def test_ncc_matches_dense_reference(shape: tuple[int, ...], window) -> None:  #
     cc32 = ncc.local_cc(I.float(), J.float())
     assert cc32.dtype == torch.float32
     np.testing.assert_allclose(cc32.numpy(), ref, atol=1e-4)
+
+
+def conv_box_reference(x: torch.Tensor, window: tuple[int, ...]) -> torch.Tensor:
+    """Window sums by convolution with a dense kernel of ones, zero padding."""
+    conv = torch.nn.functional.conv2d if len(window) == 2 else torch.nn.functional.conv3d
+    kernel = torch.ones((1, 1, *window), dtype=x.dtype)
+    b, c = x.shape[:2]
+    out = conv(x.reshape(b * c, 1, *x.shape[2:]), kernel, padding=tuple(w // 2 for w in window))
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize(
+    ("shape", "window"),
+    [
+        ((2, 3, 11, 7), (9, 5)),
+        ((1, 1, 6, 17), (13, 1)),  # wider than the axis; and a window of 1 (no sum)
+        ((1, 2, 9, 8, 10), (3, 7, 9)),
+        ((1, 1, 5, 6, 4), (21, 11, 15)),
+        ((1, 1, 12, 9, 10), (1, 1, 1)),
+    ],
+)
+def test_box_sum_equals_a_convolution_with_ones(shape: tuple[int, ...], window) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    ref = conv_box_reference(x, window)
+    torch.testing.assert_close(box_sum(x, window), ref, atol=1e-12, rtol=0)
+    # float32: each output is a sum of the same inputs, to float32 rounding
+    out32 = box_sum(x.float(), window)
+    assert out32.dtype == torch.float32 and out32.shape == x.shape
+    torch.testing.assert_close(out32.double(), ref, atol=1e-5, rtol=1e-6)
+
+
+def test_box_sum_gradients_and_errors() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(1, 2, 5, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: box_sum(t, (3, 5, 9)), (x,))
+    # the adjoint of a symmetric box filter is the same box filter
+    y = torch.rand(1, 2, 5, 4, 3, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((box_sum(x, (3, 5, 9)) * y).sum(), x)
+    torch.testing.assert_close(grad, box_sum(y, (3, 5, 9)))
+    with pytest.raises(MaxcaInputError, match="box_sum needs 3 window sizes"):
+        box_sum(x, (3, 3))
 
 
 @pytest.mark.parametrize("d", [2, 3])

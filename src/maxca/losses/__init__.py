@@ -4,7 +4,7 @@ bending energy) and the composite ``RegistrationLoss`` with named terms. All are
 
 from maxca.losses.composite import RegistrationLoss
 from maxca.losses.regularizers import BendingEnergy, Diffusion
-from maxca.losses.similarity import MIND, MSE, DiceLoss, LocalNCC, mind_ssc, one_hot
+from maxca.losses.similarity import MIND, MSE, DiceLoss, LocalNCC, box_sum, mind_ssc, one_hot
 
 __all__ = [
     "MIND",
@@ -14,6 +14,7 @@ __all__ = [
     "Diffusion",
     "LocalNCC",
     "RegistrationLoss",
+    "box_sum",
     "mind_ssc",
     "one_hot",
 ]

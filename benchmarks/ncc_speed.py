@@ -1,0 +1,244 @@
+"""What do the local-NCC window sums cost, as convolutions and as shifted additions?
+
+:class:`maxca.losses.LocalNCC` sums five maps (``I, J, I^2, J^2, IJ``) over a box window at
+every voxel. Until this script it did so with one ``conv3d`` per axis and a ``(w, 1, 1)``
+kernel of ones (``previous``); on CPU the backward of such a convolution took about a second
+for five 80x96x112 maps, a third of a ``--refine`` step. :func:`maxca.losses.box_sum`
+(``current``) adds shifted views instead (``log2(w) + popcount(w)`` additions per axis).
+Side by side, interleaved (round ``r`` runs both variants once), on ``--threads`` threads:
+
+* ``box_sum``: the five-map window sum of an 80x96x112 pair, window 9: forward, and forward +
+  backward;
+* ``ncc``: the NCC loss of that pair, forward + backward;
+* ``refine``: one ``--refine`` step of the packaged ``brain`` model (velocity update
+  regularised, the model's refine settings) on a pair of brain-synth-2mm *training* subjects,
+  median over ``--refine-steps`` steps per call;
+* ``train``: a training step of the ``brain`` network on that pair (forward, NCC + diffusion,
+  backward).
+
+The largest difference between the variants' outputs is reported (sums, loss, refined
+velocity, loss of the training step).
+
+    python benchmarks/ncc_speed.py --threads 1 --repeats 5 --out benchmarks/results/ncc_speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from _common import (
+    BRAIN_2MM,
+    REPO,
+    atomic_write_text,
+    interleaved_times,
+    markdown_table,
+    set_threads,
+    write_csv,
+)
+
+COLUMNS = ["part", "pass", "variant", "threads", "median_s", "ratio", "repeats", "max_abs_diff"]
+
+
+def conv_box_sum(x, window):  # noqa: ANN001, ANN201
+    """Window sums by one convolution per axis with a kernel of ones (the code before)."""
+    import torch
+    import torch.nn.functional as F
+
+    d = x.dim() - 2
+    conv = F.conv2d if d == 2 else F.conv3d
+    b, c = x.shape[:2]
+    y = x.reshape(b * c, 1, *x.shape[2:])
+    for axis, w in enumerate(window):
+        if w == 1:
+            continue
+        shape = [1, 1] + [1] * d
+        shape[2 + axis] = w
+        padding = [0] * d
+        padding[axis] = w // 2
+        y = conv(y, torch.ones(shape, dtype=y.dtype, device=y.device), padding=tuple(padding))
+    return y.reshape(x.shape)
+
+
+@contextlib.contextmanager
+def previous_code(on: bool) -> Iterator[None]:
+    """Within the block, :class:`maxca.losses.LocalNCC` sums its windows by convolution."""
+    from maxca.losses.similarity import LocalNCC
+
+    if not on:
+        yield
+        return
+    current = LocalNCC._box_sum
+    LocalNCC._box_sum = lambda self, x: conv_box_sum(x, self.window)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LocalNCC._box_sum = current  # type: ignore[method-assign]
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable (:func:`_common.interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(runs, repeats).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from maxca.app import load_model
+    from maxca.data.io import read_volume
+    from maxca.inference.refine import refine_flow
+    from maxca.inference.register import model_grid, model_input
+    from maxca.losses import LocalNCC, RegistrationLoss, box_sum
+    from maxca.models.preprocessing import Preprocessing
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", default=str(BRAIN_2MM))
+    p.add_argument("--pair", default="0001,0006", help="two training subjects: fixed,moving")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--refine-steps", type=int, default=3, help="refine steps per timed call")
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/ncc_speed"))
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.repeats < 1 or args.refine_steps < 1:
+        p.error("--threads, --repeats and --refine-steps must be >= 1")
+    set_threads(args.threads)
+    rows: list[dict] = []
+
+    def record(part: str, pas: str, medians: dict[str, float], diff: float) -> None:
+        for variant in ("previous", "current"):
+            rows.append(
+                {
+                    "part": part,
+                    "pass": pas,
+                    "variant": variant,
+                    "threads": args.threads,
+                    "median_s": medians[variant],
+                    "ratio": medians[variant] / medians["previous"],
+                    "repeats": args.repeats,
+                    "max_abs_diff": diff if variant == "current" else 0.0,
+                }
+            )
+        print(f"{part} {pas}: {medians['previous']:.3f} s -> {medians['current']:.3f} s "
+              f"({medians['current'] / medians['previous']:.2f}x), max diff {diff:.2e}",
+              flush=True)  # fmt: skip
+
+    model, info = load_model("brain", "cpu")
+    prep = Preprocessing.of(info)
+    root = Path(args.dataset).parent
+    fixed_id, moving_id = args.pair.split(",")
+    vols = [
+        read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image")
+        for s in (fixed_id, moving_id)
+    ]
+    grid = model_grid(vols[0], prep)
+    fixed, moving = (model_input(v, grid, prep) for v in vols)
+    window = (9, 9, 9)
+    maps = torch.cat([fixed, moving, fixed * fixed, moving * moving, fixed * moving])
+    maps = maps.reshape(5, 1, *fixed.shape[2:])
+    sums = {"previous": lambda x: conv_box_sum(x, window), "current": lambda x: box_sum(x, window)}
+
+    diff = float((sums["previous"](maps) - sums["current"](maps)).abs().max())
+    med = interleaved({k: (lambda f=f: f(maps)) for k, f in sums.items()}, args.repeats)
+    record("box_sum", "forward", med, diff)
+
+    def sum_train(f: Callable) -> Callable[[], None]:
+        def run() -> None:
+            x = maps.clone().requires_grad_()
+            f(x).square().sum().backward()
+
+        return run
+
+    med = interleaved({k: sum_train(f) for k, f in sums.items()}, args.repeats)
+    record("box_sum", "forward+backward", med, diff)
+
+    ncc = LocalNCC(3, window=9)
+
+    def ncc_train(prev: bool) -> Callable[[], float]:
+        def run() -> float:
+            warped = moving.clone().requires_grad_()
+            with previous_code(prev):
+                loss = ncc(fixed, warped)
+            loss.backward()
+            return float(loss.detach())
+
+        return run
+
+    diff = abs(ncc_train(True)() - ncc_train(False)())
+    med = interleaved({"previous": ncc_train(True), "current": ncc_train(False)}, args.repeats)
+    record("ncc", "forward+backward", med, diff)
+
+    with torch.no_grad():
+        v0 = model(fixed, moving).velocity.float()
+    options = {
+        "regularise": "update",
+        "lr": 0.05,
+        "weights": {"similarity": 1.0, "diffusion": 1.0},
+        **dict(prep.extra.get("refine") or {}),
+        "window": 9,
+        "int_steps": int(getattr(model.config, "int_steps", 7)),
+    }
+
+    def refine(prev: bool) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with previous_code(prev):
+                return refine_flow(fixed, moving, v0, args.refine_steps, velocity=v0, **options)
+
+        return run
+
+    diff = float((refine(True)() - refine(False)()).abs().max())
+    med = interleaved({"previous": refine(True), "current": refine(False)}, args.repeats)
+    med = {k: v / args.refine_steps for k, v in med.items()}
+    record("refine", "one step", med, diff)
+
+    loss_fn = RegistrationLoss(3, similarity="ncc", weights={"similarity": 1, "diffusion": 0.1})
+
+    def train(prev: bool) -> Callable[[], float]:
+        def run() -> float:
+            model.zero_grad(set_to_none=True)
+            out = model(fixed, moving)
+            with previous_code(prev):
+                loss, _ = loss_fn(fixed, out.warped, out.velocity)
+            loss.backward()
+            return float(loss.detach())
+
+        return run
+
+    model.train()
+    diff = abs(train(True)() - train(False)())
+    med = interleaved({"previous": train(True), "current": train(False)}, args.repeats)
+    record("train", "forward+backward", med, diff)
+    model.zero_grad(set_to_none=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "ncc_speed.csv", rows, COLUMNS)
+    table = markdown_table(
+        ["part", "pass", "variant", "median s", "ratio", "max abs diff"],
+        [
+            [
+                r["part"],
+                r["pass"],
+                r["variant"],
+                f"{r['median_s']:.3f}",
+                f"{r['ratio']:.2f}",
+                f"{r['max_abs_diff']:.2e}",
+            ]
+            for r in rows
+        ],
+    )
+    note = (
+        f"{args.threads} thread(s), {args.repeats} interleaved repeats (median); brain model, "
+        f"training pair {fixed_id} -> {moving_id}, 80x96x112, NCC window 9; refine: seconds "
+        f"per step over {args.refine_steps} steps.\n\n"
+    )
+    atomic_write_text(out / "ncc_speed.md", note + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
