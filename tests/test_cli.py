@@ -16,6 +16,7 @@ import SimpleITK as sitk  # noqa: N813
 import torch
 
 from maxca import __version__, cli
+from maxca.errors import MaxcaInputError
 from maxca.models import create_model
 from maxca.models.checkpoint import save_checkpoint
 
@@ -234,6 +235,21 @@ def test_bad_input_is_one_line_exit_2_and_no_output(files, tmp_path, capsys, key
             "--refine",
             "-1",
         ],
+        [
+            "register",
+            "--model",
+            "m",
+            "--fixed",
+            "f",
+            "--moving",
+            "m",
+            "--out",
+            "o",
+            "--refine",
+            "3",
+            "--refine-similarity",
+            "cosine",
+        ],  # fmt: skip
         ["evaluate", "--flow", "x.nii.gz"],
         ["evaluate", "--results", "r"],
         ["frobnicate"],
@@ -245,6 +261,40 @@ def test_usage_errors_exit_2(argv, tmp_path, monkeypatch, capsys):
     assert _run(argv) == 2
     assert "error" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refine_similarity_reaches_the_refinement_and_the_record(files, tmp_path, monkeypatch):
+    import maxca.inference.refine as refine_module
+
+    seen: list[dict] = []
+    real = refine_module.refine_flow
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "refine_flow", spy)
+    runs = {}
+    for similarity in ("mind", None):
+        out = tmp_path / f"res-{similarity}"
+        extra = ["--refine-similarity", similarity] if similarity else []
+        assert _run([*_register_args(files, out), "--refine", "3", *extra, "--quiet"]) == 0
+        record = json.loads((out / "registration.json").read_text())
+        assert record["refine_steps"] == 3 and record["refine_similarity"] == similarity
+        runs[similarity] = np.asarray(nib.load(str(out / "flow_voxel.nii.gz")).dataobj)
+    # the flag wins over the model's own similarity (NCC here), and it changes the result
+    assert seen[0]["similarity"] == "mind" and seen[1].get("similarity", "ncc") == "ncc"
+    assert np.abs(runs["mind"] - runs[None]).max() > 1e-4
+    # the library call refuses an unknown similarity before reading anything
+    from maxca.app import load_model, register_files
+
+    model, info = load_model(files["run"], "cpu")
+    with pytest.raises(MaxcaInputError, match="refine similarity must be one of ncc, mse, mind"):
+        register_files(
+            model, info, files["fixed"], files["moving"], tmp_path / "x", refine_steps=2,
+            refine_similarity="cosine",
+        )  # fmt: skip
+    assert not (tmp_path / "x").exists()
 
 
 def test_batch_register_then_evaluate(files, tmp_path, capsys):

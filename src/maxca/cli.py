@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from maxca._checks import SIMILARITIES
 from maxca._version import __version__
 from maxca.errors import EXIT_DIVERGED, MaxcaInputError, TrainingDivergedError
 from maxca.runtime import tune_cpu_allocator
@@ -189,6 +190,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "device": args.device,
         "diffeomorphic": True if args.diffeomorphic else None,
         "refine_steps": args.refine,
+        "refine_similarity": args.refine_similarity,
         "png": args.png,
         "overwrite": args.overwrite,
         "outputs": args.outputs,
@@ -438,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="STEPS",
         help="instance optimisation steps on the model grid (default 0)",
+    )
+    reg.add_argument(
+        "--refine-similarity",
+        choices=SIMILARITIES,
+        default=None,
+        help="what --refine optimises (default: the model's own, NCC for the packaged models); "
+        "mind (MIND-SSC) for a pair of two different contrasts",
     )
     reg.add_argument(
         "--affine",

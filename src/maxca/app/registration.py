@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from maxca._checks import SIMILARITIES
 from maxca._version import __version__
 from maxca.app import memory as _memory
 from maxca.app._writers import write_itk_field_fast, write_voxel_flow_fast
@@ -494,6 +495,15 @@ def _warn_if_constant(volume: Volume, what: str, path: str | os.PathLike[str]) -
         )
 
 
+def check_refine_similarity(similarity: str | None) -> None:
+    """Refuse a refinement similarity that :func:`~maxca.inference.refine.refine_flow` does not
+    know (``None`` = the model's own) before anything is read."""
+    if similarity is not None and similarity not in SIMILARITIES:
+        raise MaxcaInputError(
+            f"refine similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
+        )
+
+
 def _register_checked(
     model: nn.Module,
     info: CheckpointInfo | None,
@@ -504,11 +514,16 @@ def _register_checked(
     progress: bool,
     affine: bool = False,
     precision: str = "fp32",
+    refine_similarity: str | None = None,
 ) -> RegistrationResult:
-    """:func:`_register` with a bad geometry reported as bad input, not a crash, and the
-    ``--refine`` progress bar."""
+    """:func:`_register` with a bad geometry reported as bad input, not a crash, the
+    ``--refine`` progress bar and the refinement's similarity (``None``: the model's)."""
     f, m, fl, ml = inputs
-    options = {"progress": True} if progress and refine_steps else None
+    options: dict[str, Any] = {}
+    if progress and refine_steps:
+        options["progress"] = True
+    if refine_similarity is not None:
+        options["similarity"] = refine_similarity
     try:
         return _register(
             model,
@@ -521,7 +536,7 @@ def _register_checked(
             diffeomorphic,
             refine_steps,
             affine,
-            options,
+            options or None,
             precision,
         )
     except np.linalg.LinAlgError as exc:
@@ -593,6 +608,7 @@ def register_files(
     max_memory_gb: float | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    refine_similarity: str | None = None,
 ) -> PairReport:
     """Register one pair of image files and write the results folder ``out``.
 
@@ -616,6 +632,9 @@ def register_files(
         progress: show a progress bar for ``refine_steps`` (stderr, only on a terminal).
         precision: ``"fp32"`` or ``"bf16"`` (the network's forward under bfloat16 autocast;
             see :func:`~maxca.inference.register.register_pair`).
+        refine_similarity: the similarity that ``refine_steps`` optimise (``"ncc"``,
+            ``"mse"`` or ``"mind"``; ``None``: the model's own, NCC for the packaged ones).
+            MIND-SSC compares local structure, for pairs of two different contrasts.
         affine: align the moving image affinely first (SimpleITK, any contrast; for inputs
             that are not roughly aligned); writes ``affine.mat`` and the deformable field too.
 
@@ -627,6 +646,7 @@ def register_files(
     if fixed_labels is not None and moving_labels is None:
         raise MaxcaInputError("--fixed-labels needs --moving-labels to compute Dice")
     outputs = parse_outputs(outputs)
+    check_refine_similarity(refine_similarity)
     check_pair_memory(
         model, info, fixed, moving, moving_labels is not None, refine_steps, max_memory_gb
     )
@@ -636,7 +656,16 @@ def register_files(
     _check_geometry(inputs[1], "moving", moving)
     _warn_if_constant(inputs[1], "moving", moving)
     result = _register_checked(
-        model, info, inputs, device, diffeomorphic, refine_steps, progress, affine, precision
+        model,
+        info,
+        inputs,
+        device,
+        diffeomorphic,
+        refine_steps,
+        progress,
+        affine,
+        precision,
+        refine_similarity,
     )
     metrics = pair_metrics(result, labels)
     record = {
@@ -651,6 +680,7 @@ def register_files(
         "model": str(getattr(info, "path", "")),
         "diffeomorphic": bool(diffeomorphic),
         "refine_steps": int(refine_steps),
+        "refine_similarity": refine_similarity if refine_steps else None,
         "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
     }
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
@@ -677,6 +707,7 @@ def register_dataset(
     max_memory_gb: float | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    refine_similarity: str | None = None,
 ) -> list[PairReport]:
     """Register every pair of a Learn2Reg pair list into ``out`` (Learn2Reg submission layout).
 
@@ -689,13 +720,15 @@ def register_dataset(
     Args:
         on_pair: called as ``on_pair(index, total, report)`` after each pair (for progress).
         outputs: as :func:`register_files`, plus ``l2r`` (default: all five).
-        compress, max_memory_gb, progress, precision: as :func:`register_files` (the memory
-            of every pair is checked before the first one is registered).
+        compress, max_memory_gb, progress, precision, refine_similarity: as
+            :func:`register_files` (the memory of every pair is checked before the first one is
+            registered).
         affine: affine pre-alignment of every pair (see :func:`register_files`).
     """
     ds = dataset if isinstance(dataset, Learn2RegDataset) else load_learn2reg(dataset)
     out_path = check_output_dir(out, overwrite)
     outputs = parse_outputs(outputs, dataset=True)
+    check_refine_similarity(refine_similarity)
     items = dataset_pairs(ds, pairs)
     for fixed, moving in items:
         has_labels = ds.label_for(fixed) is not None and ds.label_for(moving) is not None
@@ -728,6 +761,7 @@ def register_dataset(
                 progress,
                 affine,
                 precision,
+                refine_similarity,
             )
             metrics, scores = _score(result, labels, name)
             record = {
@@ -742,6 +776,7 @@ def register_dataset(
                 "model": str(getattr(info, "path", "")),
                 "diffeomorphic": bool(diffeomorphic),
                 "refine_steps": int(refine_steps),
+                "refine_similarity": refine_similarity if refine_steps else None,
                 "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
             }
             files = write_result(result, tmp / name, metrics, png, record, outputs, compress)
