@@ -19,6 +19,8 @@ brain every ``--every`` steps:
 * ``update_w5``, ``update_lr01``, ``update_w5_d03``, ``update_d05``: ``update`` with an NCC
   window of 5 (the model's is 9), a learning rate of 0.1, both window 5 and diffusion 0.3, and
   diffusion 0.5;
+* ``update_r2``, ``update_r2_lr01``: ``update`` with the change optimised on a grid twice as
+  coarse (``refine_flow(resolution=2)``), learning rate 0.05 and 0.1;
 * ``mind``, ``mind_d001``, ``mind_d01``, ``mind_d3``, ``mind_d10``: ``update`` with MIND-SSC
   (:class:`maxca.losses.MIND`) in place of NCC, diffusion 1, 0.01, 0.1, 3 and 10.
 
@@ -46,14 +48,20 @@ from _common import REPO, atomic_write_text, markdown_table, set_threads, write_
 
 
 def _update(
-    diffusion: float, similarity: str | None = None, lr: float = 0.05, window: int | None = None
+    diffusion: float,
+    similarity: str | None = None,
+    lr: float = 0.05,
+    window: int | None = None,
+    resolution: int = 1,
 ) -> dict:
     """A candidate that regularises the change from the prediction (learning rate ``lr``; NCC
-    window ``window``, default the model's)."""
+    window ``window``, default the model's; the change on a ``resolution`` times coarser
+    grid)."""
     config = {
         "regularise": "update",
         "lr": lr,
         "weights": {"similarity": 1.0, "diffusion": diffusion},
+        "resolution": resolution,
     }
     if similarity is not None:
         config["similarity"] = similarity
@@ -71,6 +79,8 @@ CONFIGS = {
     "update_lr01": _update(1.0, lr=0.1),
     "update_w5_d03": _update(0.3, window=5),
     "update_d05": _update(0.5),
+    "update_r2": _update(1.0, resolution=2),
+    "update_r2_lr01": _update(1.0, lr=0.1, resolution=2),
     "mind": _update(1.0, "mind"),
     "mind_d01": _update(0.1, "mind"),
     "mind_d3": _update(3.0, "mind"),
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 "weights": c["weights"] or dict(loss.get("weights") or {}),
                 "lr": c["lr"],
                 "regularise": c["regularise"],
+                "resolution": c.get("resolution", 1),
                 "int_steps": int_steps,
             }
             t0 = time.perf_counter()

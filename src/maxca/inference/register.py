@@ -461,7 +461,7 @@ def register_pair(
         options = dict(refine_options or {})
         recorded = prep.extra.get("refine")  # the model's own refinement defaults, if any
         if recorded is not None:
-            allowed = {"lr", "weights", "similarity", "window", "regularise"}
+            allowed = {"lr", "weights", "similarity", "window", "regularise", "resolution"}
             if not isinstance(recorded, Mapping) or set(recorded) - allowed:
                 raise MaxcaInputError(
                     f"checkpoint data.refine must be a mapping with keys among {sorted(allowed)}, "
