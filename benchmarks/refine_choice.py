@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(
                         {"pair": pair, "config": name, "step": step, "dice": d, "njd_brain": n}
                     )
+                    print(f"  {pair} {name} step {step}: Dice {d:.4f}  NJD {n:.4f} %", flush=True)
 
             refine_flow(fg, mg, v0, args.steps, velocity=v0, callback=scored, **options)
             d, n = last["dice"], last["njd"]
