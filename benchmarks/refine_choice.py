@@ -19,6 +19,7 @@ brain every ``--every`` steps:
 * ``update_w5``, ``update_lr01``, ``update_w5_d03``, ``update_d05``: ``update`` with an NCC
   window of 5 (the model's is 9), a learning rate of 0.1, both window 5 and diffusion 0.3, and
   diffusion 0.5;
+* ``update_w7``, ``update_w13``: ``update`` with an NCC window of 7 and 13;
 * ``update_r2``, ``update_r2_lr01``: ``update`` with the change optimised on a grid twice as
   coarse (``refine_flow(resolution=2)``), learning rate 0.05 and 0.1;
 * ``mind``, ``mind_d001``, ``mind_d01``, ``mind_d3``, ``mind_d10``: ``update`` with MIND-SSC
@@ -79,6 +80,8 @@ CONFIGS = {
     "update_lr01": _update(1.0, lr=0.1),
     "update_w5_d03": _update(0.3, window=5),
     "update_d05": _update(0.5),
+    "update_w7": _update(1.0, window=7),
+    "update_w13": _update(1.0, window=13),
     "update_r2": _update(1.0, resolution=2),
     "update_r2_lr01": _update(1.0, lr=0.1, resolution=2),
     "mind": _update(1.0, "mind"),
