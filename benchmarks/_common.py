@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -176,6 +177,101 @@ def interleaved_times(
             fn()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def interleaved_medians(runs: Mapping[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable (:func:`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(runs, repeats).items()}
+
+
+#: columns of a before/after timing table (:func:`variant_rows`, :func:`write_variant_report`)
+VARIANT_COLUMNS = [
+    "part", "pass", "variant", "threads", "median_s", "ratio", "repeats", "max_abs_diff",
+]  # fmt: skip
+
+
+def variant_rows(
+    part: str,
+    pas: str,
+    medians: Mapping[str, float],
+    diff: float | None,
+    threads: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Rows ``previous`` and ``current`` of one timed part: median seconds, the ratio to
+    ``previous`` and, on the ``current`` row, the largest difference of the two outputs."""
+    return [
+        {
+            "part": part,
+            "pass": pas,
+            "variant": variant,
+            "threads": threads,
+            "median_s": medians[variant],
+            "ratio": medians[variant] / medians["previous"],
+            "repeats": repeats,
+            "max_abs_diff": diff if variant == "current" else 0.0,
+        }
+        for variant in ("previous", "current")
+    ]
+
+
+def write_variant_report(
+    out: str | os.PathLike[str], stem: str, rows: Sequence[Mapping[str, Any]], note: str
+) -> str:
+    """Write ``out/stem.csv`` and ``out/stem.md`` (``note``, then the table) of
+    :func:`variant_rows` rows; returns the table."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_csv(folder / f"{stem}.csv", rows, VARIANT_COLUMNS)
+    table = markdown_table(
+        ["part", "pass", "variant", "median s", "ratio", "max abs diff"],
+        [
+            [
+                r["part"],
+                r["pass"],
+                r["variant"],
+                f"{r['median_s']:.3f}",
+                f"{r['ratio']:.2f}",
+                "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}",
+            ]
+            for r in rows
+        ],
+    )
+    atomic_write_text(folder / f"{stem}.md", note + "\n\n" + table)
+    return table
+
+
+def add_timing_args(p: argparse.ArgumentParser, threads: int, repeats: int, out: str) -> None:
+    """``--dataset``, ``--pair`` (two training subjects of brain-synth-2mm), ``--threads``,
+    ``--repeats`` and ``--out`` (default ``out`` under the repository) of a before/after timing
+    script."""
+    p.add_argument("--dataset", default=str(BRAIN_2MM))
+    p.add_argument("--pair", default="0001,0006", help="two training subjects: fixed,moving")
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--out", default=str(REPO / out))
+
+
+def brain_model_pair(dataset: str | os.PathLike[str], pair: str) -> tuple[Any, Any, Any, Any]:
+    """The packaged ``brain`` model on the CPU and two brain-synth images on its grid.
+
+    ``pair`` is ``"FFFF,MMMM"`` (training subjects, fixed then moving) of the Learn2Reg
+    ``dataset``. Returns ``(model, info, fixed, moving)``, the images ``(1, 1, *S)`` normalised
+    as the model expects."""
+    from maxca.app import load_model
+    from maxca.data.io import read_volume
+    from maxca.inference.register import model_grid, model_input
+    from maxca.models.preprocessing import Preprocessing
+
+    model, info = load_model("brain", "cpu")
+    prep = Preprocessing.of(info)
+    root = Path(dataset).parent
+    vols = [read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image") for s in pair.split(",")]
+    if len(vols) != 2:
+        raise SystemExit(f"--pair must be two subjects FIXED,MOVING, got {pair!r}")
+    grid = model_grid(vols[0], prep)
+    fixed, moving = (model_input(v, grid, prep) for v in vols)
+    return model, info, fixed, moving
 
 
 # ---------------------------------------------------------------------------------------------

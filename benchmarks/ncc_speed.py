@@ -26,22 +26,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from _common import (
-    BRAIN_2MM,
-    REPO,
-    atomic_write_text,
-    interleaved_times,
-    markdown_table,
+    add_timing_args,
+    brain_model_pair,
+    interleaved_medians,
     set_threads,
-    write_csv,
+    variant_rows,
+    write_variant_report,
 )
-
-COLUMNS = ["part", "pass", "variant", "threads", "median_s", "ratio", "repeats", "max_abs_diff"]
 
 
 def conv_box_sum(x, window):  # noqa: ANN001, ANN201
@@ -80,28 +75,16 @@ def previous_code(on: bool) -> Iterator[None]:
         LocalNCC._box_sum = current  # type: ignore[method-assign]
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each callable (:func:`_common.interleaved_times`)."""
-    return {k: statistics.median(v) for k, v in interleaved_times(runs, repeats).items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from maxca.app import load_model
-    from maxca.data.io import read_volume
     from maxca.inference.refine import refine_flow
-    from maxca.inference.register import model_grid, model_input
     from maxca.losses import LocalNCC, RegistrationLoss, box_sum
     from maxca.models.preprocessing import Preprocessing
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default=str(BRAIN_2MM))
-    p.add_argument("--pair", default="0001,0006", help="two training subjects: fixed,moving")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
+    add_timing_args(p, threads=1, repeats=5, out="benchmarks/results/ncc_speed")
     p.add_argument("--refine-steps", type=int, default=3, help="refine steps per timed call")
-    p.add_argument("--out", default=str(REPO / "benchmarks/results/ncc_speed"))
     args = p.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.refine_steps < 1:
         p.error("--threads, --repeats and --refine-steps must be >= 1")
@@ -109,40 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
 
     def record(part: str, pas: str, medians: dict[str, float], diff: float) -> None:
-        for variant in ("previous", "current"):
-            rows.append(
-                {
-                    "part": part,
-                    "pass": pas,
-                    "variant": variant,
-                    "threads": args.threads,
-                    "median_s": medians[variant],
-                    "ratio": medians[variant] / medians["previous"],
-                    "repeats": args.repeats,
-                    "max_abs_diff": diff if variant == "current" else 0.0,
-                }
-            )
+        rows.extend(variant_rows(part, pas, medians, diff, args.threads, args.repeats))
         print(f"{part} {pas}: {medians['previous']:.3f} s -> {medians['current']:.3f} s "
               f"({medians['current'] / medians['previous']:.2f}x), max diff {diff:.2e}",
               flush=True)  # fmt: skip
 
-    model, info = load_model("brain", "cpu")
-    prep = Preprocessing.of(info)
-    root = Path(args.dataset).parent
+    model, info, fixed, moving = brain_model_pair(args.dataset, args.pair)
     fixed_id, moving_id = args.pair.split(",")
-    vols = [
-        read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image")
-        for s in (fixed_id, moving_id)
-    ]
-    grid = model_grid(vols[0], prep)
-    fixed, moving = (model_input(v, grid, prep) for v in vols)
     window = (9, 9, 9)
     maps = torch.cat([fixed, moving, fixed * fixed, moving * moving, fixed * moving])
     maps = maps.reshape(5, 1, *fixed.shape[2:])
     sums = {"previous": lambda x: conv_box_sum(x, window), "current": lambda x: box_sum(x, window)}
 
     diff = float((sums["previous"](maps) - sums["current"](maps)).abs().max())
-    med = interleaved({k: (lambda f=f: f(maps)) for k, f in sums.items()}, args.repeats)
+    med = interleaved_medians({k: (lambda f=f: f(maps)) for k, f in sums.items()}, args.repeats)
     record("box_sum", "forward", med, diff)
 
     def sum_train(f: Callable) -> Callable[[], None]:
@@ -152,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    med = interleaved({k: sum_train(f) for k, f in sums.items()}, args.repeats)
+    med = interleaved_medians({k: sum_train(f) for k, f in sums.items()}, args.repeats)
     record("box_sum", "forward+backward", med, diff)
 
     ncc = LocalNCC(3, window=9)
@@ -168,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     diff = abs(ncc_train(True)() - ncc_train(False)())
-    med = interleaved({"previous": ncc_train(True), "current": ncc_train(False)}, args.repeats)
+    med = interleaved_medians(
+        {"previous": ncc_train(True), "current": ncc_train(False)}, args.repeats
+    )
     record("ncc", "forward+backward", med, diff)
 
     with torch.no_grad():
@@ -177,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "regularise": "update",
         "lr": 0.05,
         "weights": {"similarity": 1.0, "diffusion": 1.0},
-        **dict(prep.extra.get("refine") or {}),
+        **dict(Preprocessing.of(info).extra.get("refine") or {}),
         "window": 9,
         "int_steps": int(getattr(model.config, "int_steps", 7)),
     }
@@ -190,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     diff = float((refine(True)() - refine(False)()).abs().max())
-    med = interleaved({"previous": refine(True), "current": refine(False)}, args.repeats)
+    med = interleaved_medians({"previous": refine(True), "current": refine(False)}, args.repeats)
     med = {k: v / args.refine_steps for k, v in med.items()}
     record("refine", "one step", med, diff)
 
@@ -209,33 +174,16 @@ def main(argv: list[str] | None = None) -> int:
 
     model.train()
     diff = abs(train(True)() - train(False)())
-    med = interleaved({"previous": train(True), "current": train(False)}, args.repeats)
+    med = interleaved_medians({"previous": train(True), "current": train(False)}, args.repeats)
     record("train", "forward+backward", med, diff)
     model.zero_grad(set_to_none=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "ncc_speed.csv", rows, COLUMNS)
-    table = markdown_table(
-        ["part", "pass", "variant", "median s", "ratio", "max abs diff"],
-        [
-            [
-                r["part"],
-                r["pass"],
-                r["variant"],
-                f"{r['median_s']:.3f}",
-                f"{r['ratio']:.2f}",
-                f"{r['max_abs_diff']:.2e}",
-            ]
-            for r in rows
-        ],
-    )
     note = (
         f"{args.threads} thread(s), {args.repeats} interleaved repeats (median); brain model, "
         f"training pair {fixed_id} -> {moving_id}, 80x96x112, NCC window 9; refine: seconds "
-        f"per step over {args.refine_steps} steps.\n\n"
+        f"per step over {args.refine_steps} steps."
     )
-    atomic_write_text(out / "ncc_speed.md", note + table)
+    table = write_variant_report(args.out, "ncc_speed", rows, note)
     print(table)
     return 0
 

@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from _common import (
-    BRAIN_2MM,
-    REPO,
-    atomic_write_text,
-    interleaved_times,
-    markdown_table,
+    add_timing_args,
+    brain_model_pair,
+    interleaved_medians,
     set_threads,
-    write_csv,
+    variant_rows,
+    write_variant_report,
 )
-
-COLUMNS = ["part", "pass", "variant", "threads", "median_s", "ratio", "repeats", "max_abs_diff"]
 
 
 @contextlib.contextmanager
@@ -69,27 +64,14 @@ def previous_code(on: bool) -> Iterator[None]:
         sample.SPLIT_MIN_POINTS, _blocks.ChannelLayerNorm.forward = limit, forward
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each callable (:func:`_common.interleaved_times`)."""
-    return {k: statistics.median(v) for k, v in interleaved_times(runs, repeats).items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from maxca.app import load_model
-    from maxca.data.io import read_volume
-    from maxca.inference.register import model_grid, model_input
-    from maxca.models.preprocessing import Preprocessing
     from maxca.spatial import warp
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default=str(BRAIN_2MM))
-    p.add_argument("--pair", default="0001,0006", help="two training subjects: fixed,moving")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", default=str(REPO / "benchmarks/results/sampler_threads"))
+    add_timing_args(p, threads=2, repeats=7, out="benchmarks/results/sampler_threads")
     args = p.parse_args(argv)
     if args.threads < 2 or args.repeats < 1:
         p.error("--threads must be >= 2 (one thread never splits) and --repeats >= 1")
@@ -97,19 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
 
     def record(part: str, pas: str, medians: dict[str, float], diff: float | None) -> None:
-        for variant in ("previous", "current"):
-            rows.append(
-                {
-                    "part": part,
-                    "pass": pas,
-                    "variant": variant,
-                    "threads": args.threads,
-                    "median_s": medians[variant],
-                    "ratio": medians[variant] / medians["previous"],
-                    "repeats": args.repeats,
-                    "max_abs_diff": diff if variant == "current" else 0.0,
-                }
-            )
+        rows.extend(variant_rows(part, pas, medians, diff, args.threads, args.repeats))
 
     gen = torch.Generator().manual_seed(0)
     shape = (80, 96, 112)
@@ -133,23 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     for pas, make in (("forward", forward), ("forward+backward", train)):
-        med = interleaved({"previous": make(True), "current": make(False)}, args.repeats)
+        med = interleaved_medians({"previous": make(True), "current": make(False)}, args.repeats)
         diff = None
         if pas == "forward":
             diff = float((forward(True)() - forward(False)()).abs().max())
         record("warp", pas, med, diff)
         print(f"warp {pas}: {med['previous']:.3f} s -> {med['current']:.3f} s", flush=True)
 
-    model, info = load_model("brain", "cpu")
-    prep = Preprocessing.of(info)
-    root = Path(args.dataset).parent
+    model, info, fixed, moving = brain_model_pair(args.dataset, args.pair)
     fixed_id, moving_id = args.pair.split(",")
-    vols = [
-        read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image")
-        for s in (fixed_id, moving_id)
-    ]
-    grid = model_grid(vols[0], prep)
-    fixed, moving = (model_input(v, grid, prep) for v in vols)
 
     def network(prev: bool) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
@@ -158,33 +120,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    med = interleaved({"previous": network(True), "current": network(False)}, args.repeats)
+    med = interleaved_medians({"previous": network(True), "current": network(False)}, args.repeats)
     diff = float((network(True)() - network(False)()).abs().max())
     record("network", "forward", med, diff)
     print(f"network: {med['previous']:.3f} s -> {med['current']:.3f} s, flow diff {diff:.2e}")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "sampler_threads.csv", rows, COLUMNS)
-    table = markdown_table(
-        ["part", "pass", "variant", "median s", "ratio", "max abs diff"],
-        [
-            [
-                r["part"],
-                r["pass"],
-                r["variant"],
-                f"{r['median_s']:.3f}",
-                f"{r['ratio']:.2f}",
-                r["max_abs_diff"],
-            ]
-            for r in rows
-        ],
-    )
     note = (
         f"{args.threads} threads, {args.repeats} interleaved repeats (median); network: brain "
-        f"model, training pair {fixed_id} -> {moving_id}.\n\n"
+        f"model, training pair {fixed_id} -> {moving_id}."
     )
-    atomic_write_text(out / "sampler_threads.md", note + table)
+    table = write_variant_report(args.out, "sampler_threads", rows, note)
     print(table)
     return 0
 

@@ -216,40 +216,17 @@ def test_bad_input_is_one_line_exit_2_and_no_output(files, tmp_path, capsys, key
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary one
 
 
+_ONE_PAIR = ["register", "--model", "m", "--fixed", "f", "--moving", "m", "--out", "o"]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["register", "--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--out", "o"],  # no --model
         ["register", "--model", "m", "--fixed", "f.nii.gz", "--out", "o"],  # no --moving
         ["register", "--model", "m", "--dataset", "d.json", "--fixed", "f", "--out", "o"],
-        [
-            "register",
-            "--model",
-            "m",
-            "--fixed",
-            "f",
-            "--moving",
-            "m",
-            "--out",
-            "o",
-            "--refine",
-            "-1",
-        ],
-        [
-            "register",
-            "--model",
-            "m",
-            "--fixed",
-            "f",
-            "--moving",
-            "m",
-            "--out",
-            "o",
-            "--refine",
-            "3",
-            "--refine-similarity",
-            "cosine",
-        ],  # fmt: skip
+        [*_ONE_PAIR, "--refine", "-1"],
+        [*_ONE_PAIR, "--refine", "3", "--refine-similarity", "cosine"],
         ["evaluate", "--flow", "x.nii.gz"],
         ["evaluate", "--results", "r"],
         ["frobnicate"],

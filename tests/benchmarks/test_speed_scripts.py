@@ -126,8 +126,29 @@ def test_sampler_threads_previous_code_is_the_old_code_and_is_restored() -> None
     with pytest.raises(RuntimeError), sampler_threads.previous_code(True):
         raise RuntimeError("boom")
     assert (sample.SPLIT_MIN_POINTS, ChannelLayerNorm.forward) == (limit, forward)
+
+
+def test_variant_rows_and_report(tmp_path) -> None:  # noqa: ANN001
+    """Before/after rows: ratio to ``previous``, the difference on the ``current`` row only;
+    the report writes the same rows as CSV and a Markdown table after its note; medians of
+    interleaved calls (warm-up, then in turn)."""
+    from _common import interleaved_medians, read_csv, variant_rows, write_variant_report
+
+    rows = variant_rows("warp", "forward", {"previous": 2.0, "current": 0.5}, 1e-6, 2, 5)
+    assert [r["variant"] for r in rows] == ["previous", "current"]
+    assert [r["ratio"] for r in rows] == [1.0, 0.25]
+    assert [r["max_abs_diff"] for r in rows] == [0.0, 1e-6]
+    assert all(r["threads"] == 2 and r["repeats"] == 5 for r in rows)
+    rows += variant_rows("warp", "backward", {"previous": 1.0, "current": 3.0}, None, 2, 5)
+    table = write_variant_report(tmp_path / "out", "speed", rows, "a note")
+    text = (tmp_path / "out" / "speed.md").read_text()
+    assert text.startswith("a note\n\n") and text.endswith(table)
+    assert "| warp | forward | current | 0.500 | 0.25 | 1.00e-06 |" in table
+    assert "| warp | backward | current | 3.000 | 3.00 | - |" in table  # no difference measured
+    back = read_csv(tmp_path / "out" / "speed.csv", numeric=["median_s", "ratio"])
+    assert [r["ratio"] for r in back] == [1.0, 0.25, 1.0, 3.0]
     calls: list[str] = []
-    medians = sampler_threads.interleaved(
+    medians = interleaved_medians(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2
     )
     assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}  # warm-up, then in turn

@@ -514,7 +514,7 @@ def _register_checked(
     progress: bool,
     affine: bool = False,
     precision: str = "fp32",
-    refine_similarity: str | None = None,
+    similarity: str | None = None,
 ) -> RegistrationResult:
     """:func:`_register` with a bad geometry reported as bad input, not a crash, the
     ``--refine`` progress bar and the refinement's similarity (``None``: the model's)."""
@@ -522,8 +522,8 @@ def _register_checked(
     options: dict[str, Any] = {}
     if progress and refine_steps:
         options["progress"] = True
-    if refine_similarity is not None:
-        options["similarity"] = refine_similarity
+    if similarity is not None:
+        options["similarity"] = similarity
     try:
         return _register(
             model,
@@ -655,18 +655,9 @@ def register_files(
     _warn_if_constant(inputs[0], "fixed", fixed)
     _check_geometry(inputs[1], "moving", moving)
     _warn_if_constant(inputs[1], "moving", moving)
-    result = _register_checked(
-        model,
-        info,
-        inputs,
-        device,
-        diffeomorphic,
-        refine_steps,
-        progress,
-        affine,
-        precision,
-        refine_similarity,
-    )
+    run: dict[str, Any] = {"progress": progress, "affine": affine, "precision": precision}
+    run["similarity"] = refine_similarity
+    result = _register_checked(model, info, inputs, device, diffeomorphic, refine_steps, **run)
     metrics = pair_metrics(result, labels)
     record = {
         "inputs": _inputs_record(
@@ -735,6 +726,8 @@ def register_dataset(
         check_pair_memory(model, info, fixed, moving, has_labels, refine_steps, max_memory_gb)
     labels = ds.evaluation_labels or None
     ndim = _model_ndim(model, info)
+    run: dict[str, Any] = {"progress": progress, "affine": affine, "precision": precision}
+    run["similarity"] = refine_similarity
     reports: list[PairReport] = []
     scored: list[PairResult] = []
     stale = ("disp_*.nii.gz", "summary.json", "summary.md", *(f"*/{n}" for n in RESULT_FILES))
@@ -752,16 +745,7 @@ def register_dataset(
             _warn_if_constant(inputs[1], "moving", moving)
             f = inputs[0]
             result = _register_checked(
-                model,
-                info,
-                inputs,
-                device,
-                diffeomorphic,
-                refine_steps,
-                progress,
-                affine,
-                precision,
-                refine_similarity,
+                model, info, inputs, device, diffeomorphic, refine_steps, **run
             )
             metrics, scores = _score(result, labels, name)
             record = {
