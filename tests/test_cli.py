@@ -263,7 +263,7 @@ def test_refine_similarity_reaches_the_refinement_and_the_record(files, tmp_path
     assert seen[0]["similarity"] == "mind" and seen[1].get("similarity", "ncc") == "ncc"
     assert np.abs(runs["mind"] - runs[None]).max() > 1e-4
     # the library call refuses an unknown similarity before reading anything
-    from maxca.app import load_model, register_files
+    from maxca.app import load_model, register_dataset, register_files
 
     model, info = load_model(files["run"], "cpu")
     with pytest.raises(MaxcaInputError, match="refine similarity must be one of ncc, mse, mind"):
@@ -272,6 +272,19 @@ def test_refine_similarity_reaches_the_refinement_and_the_record(files, tmp_path
             refine_similarity="cosine",
         )  # fmt: skip
     assert not (tmp_path / "x").exists()
+    with pytest.raises(MaxcaInputError, match="refine similarity must be one of"):
+        register_dataset(
+            model, info, files["dataset"], tmp_path / "y", refine_steps=2,
+            refine_similarity="cosine",
+        )  # fmt: skip
+    assert not (tmp_path / "y").exists()
+    # the dataset path passes it on too
+    reports = register_dataset(
+        model, info, files["dataset"], tmp_path / "z", refine_steps=2, refine_similarity="mse"
+    )
+    assert seen[-1]["similarity"] == "mse" and len(seen) == 2 + len(reports)
+    record = json.loads((reports[0].out_dir / "registration.json").read_text())
+    assert record["refine_similarity"] == "mse"
 
 
 def test_batch_register_then_evaluate(files, tmp_path, capsys):
