@@ -108,6 +108,9 @@ def test_box_sum_gradients_and_errors() -> None:
     torch.testing.assert_close(grad, box_sum(y, (3, 5, 9)))
     with pytest.raises(MaxcaInputError, match="box_sum needs 3 window sizes"):
         box_sum(x, (3, 3))
+    for bad in ((3, 4, 3), (3, 0, 3), (3, 3.0, 3)):
+        with pytest.raises(MaxcaInputError, match="odd integers >= 1"):
+            box_sum(x, bad)
 
 
 @pytest.mark.parametrize("d", [2, 3])

@@ -37,7 +37,7 @@ def box_sum(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     neighbours, each two shifted views of the previous one added) and adding the pieces that
     make up ``w`` in binary: ``log2(w) + popcount(w)`` additions of whole tensors per axis, in
     the input's dtype. Each output is a sum of exactly the ``w`` inputs of its window, like a
-    convolution with a kernel of ones, but on CPU about 8x faster forward and backward than
+    convolution with a kernel of ones, but on CPU about 7x faster forward and backward than
     ``conv3d`` with a ``(w, 1, 1)`` kernel (a 5x80x96x112 tensor, window 9: section 2f of
     docs/benchmarks.md). Returns a tensor of ``x``'s shape.
     """
@@ -46,6 +46,8 @@ def box_sum(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
         raise MaxcaInputError(
             f"box_sum needs {d} window sizes for shape {shape_str(x.shape)}, got {window!r}"
         )
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 and w % 2 for w in window):
+        raise MaxcaInputError(f"box_sum window sizes must be odd integers >= 1, got {window!r}")
     for axis, w in enumerate(window):
         if w == 1:
             continue
