@@ -16,8 +16,8 @@ Side by side, interleaved (round ``r`` runs both variants once), on ``--threads`
 * ``train``: a training step of the ``brain`` network on that pair (forward, NCC + diffusion,
   backward).
 
-The largest difference between the variants' outputs is reported (sums, loss, refined
-velocity, loss of the training step).
+The largest difference between the variants' outputs is reported (sums, loss, the refined
+flow in voxels, loss of the training step).
 
     python benchmarks/ncc_speed.py --threads 1 --repeats 5 --out benchmarks/results/ncc_speed
 """
