@@ -263,12 +263,13 @@ def brain_model_pair(dataset: str | os.PathLike[str], pair: str) -> tuple[Any, A
     from maxca.inference.register import model_grid, model_input
     from maxca.models.preprocessing import Preprocessing
 
+    subjects = pair.split(",")
+    if len(subjects) != 2:
+        raise SystemExit(f"--pair must be two subjects FIXED,MOVING, got {pair!r}")
     model, info = load_model("brain", "cpu")
     prep = Preprocessing.of(info)
     root = Path(dataset).parent
-    vols = [read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image") for s in pair.split(",")]
-    if len(vols) != 2:
-        raise SystemExit(f"--pair must be two subjects FIXED,MOVING, got {pair!r}")
+    vols = [read_volume(root / f"imagesTr/BRAIN_{s}_0000.nii.gz", "image") for s in subjects]
     grid = model_grid(vols[0], prep)
     fixed, moving = (model_input(v, grid, prep) for v in vols)
     return model, info, fixed, moving

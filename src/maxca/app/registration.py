@@ -655,8 +655,12 @@ def register_files(
     _warn_if_constant(inputs[0], "fixed", fixed)
     _check_geometry(inputs[1], "moving", moving)
     _warn_if_constant(inputs[1], "moving", moving)
-    run: dict[str, Any] = {"progress": progress, "affine": affine, "precision": precision}
-    run["similarity"] = refine_similarity
+    run: dict[str, Any] = {
+        "progress": progress,
+        "affine": affine,
+        "precision": precision,
+        "similarity": refine_similarity,
+    }
     result = _register_checked(model, info, inputs, device, diffeomorphic, refine_steps, **run)
     metrics = pair_metrics(result, labels)
     record = {
@@ -726,8 +730,12 @@ def register_dataset(
         check_pair_memory(model, info, fixed, moving, has_labels, refine_steps, max_memory_gb)
     labels = ds.evaluation_labels or None
     ndim = _model_ndim(model, info)
-    run: dict[str, Any] = {"progress": progress, "affine": affine, "precision": precision}
-    run["similarity"] = refine_similarity
+    run: dict[str, Any] = {
+        "progress": progress,
+        "affine": affine,
+        "precision": precision,
+        "similarity": refine_similarity,
+    }
     reports: list[PairReport] = []
     scored: list[PairResult] = []
     stale = ("disp_*.nii.gz", "summary.json", "summary.md", *(f"*/{n}" for n in RESULT_FILES))
