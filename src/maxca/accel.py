@@ -1,8 +1,11 @@
-"""Optional speed-ups that keep the model's weights and API: ``torch.compile`` and bf16 autocast.
+"""Optional speed-ups that keep the model's weights and API: ``torch.compile``, bf16 autocast
+and the channels-last memory layout.
 
-Neither is on by default. ``benchmarks/speed_options.py`` measures both side by side (docs/
-benchmarks.md); an option is recommended only where registration accuracy does not change
-(Dice by < 0.002, NJD by < 0.05 points on the validation pairs).
+Compile and bf16 are not on by default. ``benchmarks/speed_options.py`` measures both side by
+side (docs/benchmarks.md); an option is recommended only where registration accuracy does not
+change (Dice by < 0.002, NJD by < 0.05 points on the validation pairs). The channels-last
+layout changes no value (``benchmarks/memory_format.py``) and the trainer uses it by default
+for 3-D networks on the CPU.
 
 - :func:`compile_model` wraps a model with ``torch.compile`` (TorchInductor). On CPU,
   Inductor generates C++ and needs a C++ compiler (``g++``/``clang++``) on the ``PATH``; the
@@ -11,6 +14,12 @@ benchmarks.md); an option is recommended only where registration accuracy does n
   (nothing) or ``"bf16"`` (``torch.autocast(device_type, torch.bfloat16)``: convolutions and
   matmuls in bfloat16, reductions, norms and softmax in float32). On CPU bf16 is fast only
   where the CPU has AVX512-BF16 or AMX (:func:`cpu_has_bf16`).
+- :func:`resolve_memory_format` / :func:`to_memory_format`: the memory layout of the
+  network's parameters and input images. ``"channels_last"`` stores a ``(B, C, *S)`` tensor
+  with the channels innermost (``torch.channels_last`` / ``channels_last_3d``), the layout in
+  which oneDNN's CPU convolutions need no reordering; same values, same shapes, only the
+  strides differ. ``"auto"`` picks it for 3-D training on the CPU (faster there) and keeps
+  the default (contiguous) layout otherwise. The trainer's ``memory_format`` option uses these.
 
 Typical use in an entry point::
 
@@ -31,9 +40,18 @@ import torch.nn as nn
 
 from maxca.errors import MaxcaInputError
 
-__all__ = ["PRECISIONS", "compile_model", "cpu_has_bf16", "precision_context"]
+__all__ = [
+    "MEMORY_FORMATS",
+    "PRECISIONS",
+    "compile_model",
+    "cpu_has_bf16",
+    "precision_context",
+    "resolve_memory_format",
+    "to_memory_format",
+]
 
 PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def cpu_has_bf16() -> bool:
@@ -83,3 +101,52 @@ def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
             "install one (e.g. apt-get install g++) or run without compiling"
         )
     return torch.compile(model, backend="inductor", mode=mode)
+
+
+def resolve_memory_format(
+    name: str, device: torch.device | str = "cpu", spatial_dims: int = 3
+) -> str:
+    """``"channels_last"`` or ``"contiguous"`` for a :data:`MEMORY_FORMATS` name.
+
+    ``"auto"`` is ``"channels_last"`` for 3-D networks on the CPU, where it made a training
+    step 0.78-0.83x as long (``benchmarks/memory_format.py``, docs/benchmarks.md), and
+    ``"contiguous"`` otherwise: 2-D steps were not faster, and CUDA was not measured.
+
+    Raises:
+        MaxcaInputError: for an unknown name.
+    """
+    if name not in MEMORY_FORMATS:
+        raise MaxcaInputError(f"memory_format must be one of {list(MEMORY_FORMATS)}, got {name!r}")
+    if name == "auto":
+        on_cpu = torch.device(device).type == "cpu"
+        return "channels_last" if on_cpu and spatial_dims == 3 else "contiguous"
+    return name
+
+
+def to_memory_format(x: Any, name: str) -> Any:
+    """``x`` (a module or a tensor) in the layout ``name`` (``"channels_last"`` or
+    ``"contiguous"``; resolve ``"auto"`` first with :func:`resolve_memory_format`).
+
+    A module's 4-D / 5-D parameters (2-D / 3-D convolution weights) and a ``(B, C, H, W)`` or
+    ``(B, C, D, H, W)`` tensor are laid out channels-last (``torch.channels_last`` /
+    ``torch.channels_last_3d``) or contiguous; other tensors are returned unchanged. Values and
+    shapes never change. A module is converted in place and returned.
+
+    Raises:
+        MaxcaInputError: for a name other than ``"channels_last"`` or ``"contiguous"``.
+    """
+    if name not in ("channels_last", "contiguous"):
+        raise MaxcaInputError(
+            f"memory layout must be 'channels_last' or 'contiguous', got {name!r}"
+        )
+    if isinstance(x, nn.Module):
+        for p in x.parameters():
+            if p.dim() in (4, 5):
+                p.data = to_memory_format(p.data, name)
+        return x
+    if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+        return x
+    if name == "contiguous":
+        return x.contiguous()
+    layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return x.contiguous(memory_format=layout)

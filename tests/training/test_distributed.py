@@ -66,7 +66,8 @@ finally:
 """
 
 
-def test_ddp_two_cpu_processes(blob_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["auto", "channels_last"])
+def test_ddp_two_cpu_processes(blob_dataset: Path, tmp_path: Path, layout: str) -> None:
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))
     results = tmp_path / "results"
@@ -76,7 +77,7 @@ def test_ddp_two_cpu_processes(blob_dataset: Path, tmp_path: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(script), str(TINY_CONFIG), str(results),
         f"data.path={blob_dataset}", f"out={out}", "budget.steps=4", "val_every=2",
-        "ckpt_every=2", "log_every=1", "tensorboard=true",
+        "ckpt_every=2", "log_every=1", "tensorboard=true", f"memory_format={layout}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)

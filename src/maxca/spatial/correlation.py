@@ -57,7 +57,7 @@ def correlation(fixed: torch.Tensor, moving: torch.Tensor, max_disp: int = 1) ->
             f"moving must be on the device of fixed ({fixed.device}), got {moving.device}"
         )
     m = check_int(max_disp, "max_disp", 0)
-    return _Correlation.apply(fixed, moving, m)
+    return _Correlation.apply(fixed.contiguous(), moving.contiguous(), m)
 
 
 def _shift_slices(spatial: tuple[int, ...], m: int) -> list[tuple[slice, ...]]:
@@ -94,6 +94,7 @@ class _Correlation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         fixed, padded = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
         m = ctx.m
         spatial = tuple(fixed.shape[2:])
         scale = 1.0 / fixed.shape[1]

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from maxca._optional import install_hint
+from maxca.accel import resolve_memory_format, to_memory_format
 from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
 from maxca.data.dataset import as_dataset
 from maxca.data.labelsynth import LabelSynthConfig, SynthPairDataset
@@ -368,6 +369,10 @@ class Trainer:
         if start is not None:
             self._load_weights(start)
         self.module.to(self.device)
+        self.memory_format = resolve_memory_format(
+            cfg.memory_format, self.device, self.spatial_dims
+        )
+        to_memory_format(self.module, self.memory_format)  # before the optimiser sees them
         self.model = wrap_model(self.module, self.dist, self.device)
         self.optimizer = torch.optim.Adam(
             self.module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
@@ -558,8 +563,8 @@ class Trainer:
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         dev = self.device
-        fixed = batch["fixed"].to(dev, non_blocking=True)
-        moving = batch["moving"].to(dev, non_blocking=True)
+        fixed = to_memory_format(batch["fixed"].to(dev, non_blocking=True), self.memory_format)
+        moving = to_memory_format(batch["moving"].to(dev, non_blocking=True), self.memory_format)
         with self._autocast():
             out = self.model(fixed, moving)
         flow, warped = out.flow.float(), out.warped.float()
@@ -610,8 +615,8 @@ class Trainer:
         try:
             for i in range(len(self.val_data)):
                 item = self.val_data[i]
-                fixed = item["fixed"][None].to(self.device)
-                moving = item["moving"][None].to(self.device)
+                fixed = to_memory_format(item["fixed"][None].to(self.device), self.memory_format)
+                moving = to_memory_format(item["moving"][None].to(self.device), self.memory_format)
                 with self._autocast():
                     out = module(fixed, moving)
                 flow, warped = out.flow.float(), out.warped.float()
