@@ -77,6 +77,10 @@ from maxca.data.corruptions import CORRUPTIONS
 OUT = RESULTS / "robustness"
 
 
+#: the columns that name one registration of a robustness CSV (the rest are its results)
+REGISTRATION_KEY = ("pair", "method", "corruption", "side", "severity", "seed")
+
+
 def rel(path: str | os.PathLike[str]) -> str:
     """A path for the record: relative to the shared data root (``data:...``) or the repo."""
     p = Path(path).resolve()
@@ -119,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", type=Path, default=BRAIN_2MM, help="Learn2Reg dataset.json")
     p.add_argument("--pairs", default="registration_val", help="pair list of the dataset")
-    p.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs")
+    p.add_argument("--skip-pairs", type=int, default=0, help="leave out the first N pairs")
+    p.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs left")
     p.add_argument("--model", action="append", default=[], help="[LABEL=]RUN_DIR (repeatable)")
     p.add_argument("--which", choices=("last", "best"), default="last", help="checkpoint")
     p.add_argument("--refine", type=int, default=0, help="also each model with N refine steps")
@@ -143,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="CSV",
         help="register nothing: build robustness.md and the figures in --out from these "
-        "robustness.csv files (rows concatenated, e.g. runs of other pairs or methods)",
+        "robustness.csv files (rows concatenated, e.g. runs of other pairs or methods; a "
+        "registration found in several files is taken from the first)",
     )
     return p
 
@@ -151,10 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
 def report_only(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """``--report``: the Markdown report and figures from existing CSV files."""
     rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
+    dropped: dict[str, int] = {}
     for path in args.report:
         if not path.is_file():
             raise SystemExit(f"robustness.py: error: no such CSV: {path}")
-        rows += read_csv(path)
+        for row in read_csv(path):
+            key = tuple(str(row.get(k)) for k in REGISTRATION_KEY)
+            if key in seen:
+                dropped[rel(path)] = dropped.get(rel(path), 0) + 1
+                continue
+            seen.add(key)
+            rows.append(row)
     if not rows:
         raise SystemExit("robustness.py: error: the CSV files hold no rows")
     command = "python benchmarks/robustness.py " + " ".join(
@@ -163,6 +177,15 @@ def report_only(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     meta = {
         "command": f"`{command}`",
         "built from": ", ".join(f"`{rel(p)}`" for p in args.report),
+        **(
+            {
+                "left out (registrations of an earlier file)": ", ".join(
+                    f"{n} rows of `{p}`" for p, n in dropped.items()
+                )
+            }
+            if dropped
+            else {}
+        ),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     write_outputs(args.out, rows, plot=not args.no_plot, meta=meta)
@@ -191,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--refine must be >= 0")
     if args.max_pairs is not None and args.max_pairs < 1:
         parser.error("--max-pairs must be >= 1")
+    if args.skip_pairs < 0:
+        parser.error("--skip-pairs must be >= 0")
     models = [parse_model(m) for m in args.model]
     names = [n for n, _ in models]
     if len(set(names)) != len(names):
@@ -204,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     try:
-        eval_pairs = validation_pairs(args.dataset, args.pairs)
+        eval_pairs = validation_pairs(args.dataset, args.pairs)[args.skip_pairs :]
+        if not eval_pairs:
+            parser.error(f"--skip-pairs {args.skip_pairs} leaves no pair of {args.pairs}")
         if args.max_pairs is not None:
             eval_pairs = eval_pairs[: args.max_pairs]
         labels = evaluation_labels(args.dataset)

@@ -68,6 +68,12 @@ def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
     table = md[md.index("## Dice drop") :]
     merged_md = (merged / "robustness.md").read_text()
     assert merged_md[merged_md.index("## Dice drop") :] == table
+    # a registration in several files is taken from the first file that has it
+    again = tmp_path / "again"
+    argv = ["--report", str(out / "robustness.csv"), parts[1], "--out", str(again), "--no-plot"]
+    assert robustness.main(argv) == 0
+    assert _rows(again / "robustness.csv") == rows
+    assert f"{len(rows) // 2} rows of" in (again / "robustness.md").read_text()
     with pytest.raises(SystemExit, match="no such CSV"):
         robustness.main(["--report", str(tmp_path / "nope.csv"), "--out", str(merged)])
 
@@ -78,6 +84,8 @@ def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
         (["--severities", "0,5"], "severities must be in 0..4"),
         (["--corruptions", "blur"], "unknown corruptions"),
         (["--refine", "-1"], "--refine must be >= 0"),
+        (["--skip-pairs", "-1"], "--skip-pairs must be >= 0"),
+        (["--skip-pairs", "4"], "--skip-pairs 4 leaves no pair of registration_val"),
     ],
 )
 def test_robustness_script_bad_input(
@@ -89,3 +97,16 @@ def test_robustness_script_bad_input(
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_skip_pairs_runs_the_later_pairs(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--dataset", str(tiny_dataset), "--skip-pairs", "1", "--max-pairs", "1",
+        "--corruptions", "gaussian_noise", "--severities", "0,1", "--sides", "moving",
+        "--threads", "1", "--out", str(out), "--no-plot", "--quiet",
+    ]  # fmt: skip
+    assert robustness.main(argv) == 0
+    second = _common.validation_pairs(tiny_dataset)[1]
+    names = {r["pair"] for r in _rows(out / "robustness.csv")}
+    assert names == {_common.load_pairs([second])[0].name}
