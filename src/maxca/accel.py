@@ -108,9 +108,10 @@ def resolve_memory_format(
 ) -> str:
     """``"channels_last"`` or ``"contiguous"`` for a :data:`MEMORY_FORMATS` name.
 
-    ``"auto"`` is ``"channels_last"`` for 3-D networks on the CPU, where it made a training
-    step 0.78-0.83x as long (``benchmarks/memory_format.py``, docs/benchmarks.md), and
-    ``"contiguous"`` otherwise: 2-D steps were not faster, and CUDA was not measured.
+    ``"auto"`` is ``"channels_last"`` for 3-D networks on the CPU, where a training step took
+    0.78-0.80x as long for ``pyramid`` and 0.83-0.98x for ``unet`` and ``corrmaxca``
+    (``benchmarks/memory_format.py``, docs/benchmarks.md), and ``"contiguous"`` otherwise: 2-D
+    steps and forward-only passes were not faster, and CUDA was not measured.
 
     Raises:
         MaxcaInputError: for an unknown name.
