@@ -215,6 +215,28 @@ def variant_rows(
     ]
 
 
+class VariantRecorder:
+    """Collects :func:`variant_rows` of timed parts (``rows``); ``verbose`` also prints a line
+    per part (medians, ratio and the largest difference of the two variants' outputs)."""
+
+    def __init__(self, threads: int, repeats: int, verbose: bool = True) -> None:
+        self.threads, self.repeats, self.verbose = threads, repeats, verbose
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(
+        self, part: str, pas: str, medians: Mapping[str, float], diff: float | None
+    ) -> None:
+        self.rows.extend(variant_rows(part, pas, medians, diff, self.threads, self.repeats))
+        if self.verbose:
+            ratio = medians["current"] / medians["previous"]
+            shown = "n/a" if diff is None else f"{diff:.2e}"
+            print(
+                f"{part} {pas}: {medians['previous']:.3f} s -> {medians['current']:.3f} s "
+                f"({ratio:.2f}x), max diff {shown}",
+                flush=True,
+            )
+
+
 def write_variant_report(
     out: str | os.PathLike[str], stem: str, rows: Sequence[Mapping[str, Any]], note: str
 ) -> str:

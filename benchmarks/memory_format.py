@@ -29,12 +29,12 @@ import sys
 from collections.abc import Callable
 
 from _common import (
+    VariantRecorder,
     add_timing_args,
     brain_model_pair,
     interleaved_medians,
     parse_names,
     set_threads,
-    variant_rows,
     write_variant_report,
 )
 from ablation import ablation_host_options
@@ -84,13 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--threads and --repeats must be >= 1")
     hosts = parse_names(args.hosts, ("pyramid", "unet", "corrmaxca"), "host")
     set_threads(args.threads)
-    rows: list[dict] = []
-
-    def record(part: str, pas: str, medians: dict[str, float], diff: float) -> None:
-        rows.extend(variant_rows(part, pas, medians, diff, args.threads, args.repeats))
-        print(f"{part} {pas}: {medians['previous']:.3f} s -> {medians['current']:.3f} s "
-              f"({medians['current'] / medians['previous']:.2f}x), max diff {diff:.2e}",
-              flush=True)  # fmt: skip
+    record = VariantRecorder(args.threads, args.repeats)
 
     brain, _, fixed3, moving3 = brain_model_pair(args.dataset, args.pair)
     images = {"3d": (fixed3, moving3)}
@@ -131,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "of brain-synth-2mm (80x96x112; 2-D: middle axial slice), --small widths, MAXCA "
         "attention, NCC window 9 + diffusion, Adam."
     )
-    table = write_variant_report(args.out, "memory_format", rows, note)
+    table = write_variant_report(args.out, "memory_format", record.rows, note)
     print(table)
     return 0
 

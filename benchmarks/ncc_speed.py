@@ -30,11 +30,11 @@ import sys
 from collections.abc import Callable, Iterator
 
 from _common import (
+    VariantRecorder,
     add_timing_args,
     brain_model_pair,
     interleaved_medians,
     set_threads,
-    variant_rows,
     write_variant_report,
 )
 
@@ -89,13 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.repeats < 1 or args.refine_steps < 1:
         p.error("--threads, --repeats and --refine-steps must be >= 1")
     set_threads(args.threads)
-    rows: list[dict] = []
-
-    def record(part: str, pas: str, medians: dict[str, float], diff: float) -> None:
-        rows.extend(variant_rows(part, pas, medians, diff, args.threads, args.repeats))
-        print(f"{part} {pas}: {medians['previous']:.3f} s -> {medians['current']:.3f} s "
-              f"({medians['current'] / medians['previous']:.2f}x), max diff {diff:.2e}",
-              flush=True)  # fmt: skip
+    record = VariantRecorder(args.threads, args.repeats)
 
     model, info, fixed, moving = brain_model_pair(args.dataset, args.pair)
     fixed_id, moving_id = args.pair.split(",")
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         f"training pair {fixed_id} -> {moving_id}, 80x96x112, NCC window 9; refine: seconds "
         f"per step over {args.refine_steps} steps."
     )
-    table = write_variant_report(args.out, "ncc_speed", rows, note)
+    table = write_variant_report(args.out, "ncc_speed", record.rows, note)
     print(table)
     return 0
 

@@ -26,11 +26,11 @@ import sys
 from collections.abc import Callable, Iterator
 
 from _common import (
+    VariantRecorder,
     add_timing_args,
     brain_model_pair,
     interleaved_medians,
     set_threads,
-    variant_rows,
     write_variant_report,
 )
 
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 2 or args.repeats < 1:
         p.error("--threads must be >= 2 (one thread never splits) and --repeats >= 1")
     set_threads(args.threads)
-    rows: list[dict] = []
-
-    def record(part: str, pas: str, medians: dict[str, float], diff: float | None) -> None:
-        rows.extend(variant_rows(part, pas, medians, diff, args.threads, args.repeats))
+    record = VariantRecorder(args.threads, args.repeats, verbose=False)
 
     gen = torch.Generator().manual_seed(0)
     shape = (80, 96, 112)
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads, {args.repeats} interleaved repeats (median); network: brain "
         f"model, training pair {fixed_id} -> {moving_id}."
     )
-    table = write_variant_report(args.out, "sampler_threads", rows, note)
+    table = write_variant_report(args.out, "sampler_threads", record.rows, note)
     print(table)
     return 0
 

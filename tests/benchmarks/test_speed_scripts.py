@@ -154,6 +154,41 @@ def test_variant_rows_and_report(tmp_path) -> None:  # noqa: ANN001
     assert calls == ["a", "b"] * 3 and set(medians) == {"a", "b"}  # warm-up, then in turn
 
 
+def test_variant_recorder_collects_rows_and_prints_one_line(capsys) -> None:  # noqa: ANN001
+    from _common import VariantRecorder, variant_rows
+
+    record = VariantRecorder(threads=1, repeats=3)
+    record("train", "3d step", {"previous": 10.0, "current": 8.0}, 0.0)
+    record("warp", "forward", {"previous": 1.0, "current": 2.0}, None)
+    assert record.rows == [
+        *variant_rows("train", "3d step", {"previous": 10.0, "current": 8.0}, 0.0, 1, 3),
+        *variant_rows("warp", "forward", {"previous": 1.0, "current": 2.0}, None, 1, 3),
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        "train 3d step: 10.000 s -> 8.000 s (0.80x), max diff 0.00e+00",
+        "warp forward: 1.000 s -> 2.000 s (2.00x), max diff n/a",
+    ]
+    quiet = VariantRecorder(threads=2, repeats=1, verbose=False)
+    quiet("a", "b", {"previous": 1.0, "current": 1.0}, None)
+    assert len(quiet.rows) == 2 and capsys.readouterr().out == ""
+
+
+def test_memory_format_train_step_is_the_same_in_both_layouts() -> None:
+    """``memory_format.train_step``: fresh networks of equal weights, one per layout, give the
+    same first loss (up to float rounding)."""
+    import pytest
+    import torch
+
+    import memory_format
+
+    gen = torch.Generator().manual_seed(0)
+    fixed, moving = torch.rand(2, 1, 1, 16, 16, 16, generator=gen)
+    layouts = ("contiguous", "channels_last")
+    losses = [memory_format.train_step("pyramid", fixed, moving, k)() for k in layouts]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert memory_format.LAYOUTS == {"previous": "contiguous", "current": "channels_last"}
+
+
 def test_interleaved_times_runs_in_turn_and_times_each_call() -> None:
     import time
 
