@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from maxca.errors import MaxcaInputError
+from maxca.layers.partition import channels_last_format
 
 __all__ = [
     "MEMORY_FORMATS",
@@ -149,5 +150,4 @@ def to_memory_format(x: Any, name: str) -> Any:
         return x
     if name == "contiguous":
         return x.contiguous()
-    layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-    return x.contiguous(memory_format=layout)
+    return x.contiguous(memory_format=channels_last_format(x.dim() - 2))
