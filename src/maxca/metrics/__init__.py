@@ -5,6 +5,7 @@ channel ``k`` along spatial axis ``k`` (``docs/conventions.md``). Definitions, a
 Learn2Reg-compatible variants differ, are in ``docs/metrics.md``.
 """
 
+from maxca.metrics.consistency import inverse_consistency_error, inverse_consistency_map
 from maxca.metrics.jacobian import (
     jacobian_determinant,
     jacobian_determinant_array,
@@ -36,6 +37,8 @@ __all__ = [
     "dice",
     "evaluate_pair",
     "hd95",
+    "inverse_consistency_error",
+    "inverse_consistency_map",
     "jacobian_determinant",  # deprecated: jacobian_determinant_array
     "jacobian_determinant_array",
     "l2r_dice",
