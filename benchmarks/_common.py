@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -295,6 +296,43 @@ def brain_model_pair(dataset: str | os.PathLike[str], pair: str) -> tuple[Any, A
     grid = model_grid(vols[0], prep)
     fixed, moving = (model_input(v, grid, prep) for v in vols)
     return model, info, fixed, moving
+
+
+def parse_subject_pairs(p: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    """``"3:14,14:3"`` -> ``[(3, 14), (14, 3)]`` (fixed, moving subject numbers); anything else
+    ends the script through ``p.error`` (exit code 2, one line on stderr)."""
+    try:
+        pairs = [tuple(int(v) for v in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(pr) != 2 for pr in pairs):
+        p.error(f"--pairs must be FIXED:MOVING subject numbers, got {text!r}")
+    return [(pr[0], pr[1]) for pr in pairs]
+
+
+def brain_benchmark_setup(dataset: str, model_name: str, threads: int) -> SimpleNamespace:
+    """Threads, the Learn2Reg ``dataset`` and a model on the CPU for the per-pair brain scripts.
+
+    Returns a namespace with ``ds`` (the dataset), ``root`` (its folder), ``labels`` (its
+    evaluation labels), ``model``, ``info``, ``prep`` (the model's
+    :class:`~maxca.models.preprocessing.Preprocessing`) and ``int_steps`` (its integration
+    steps)."""
+    from maxca.app import load_model
+    from maxca.data.learn2reg import load_learn2reg
+    from maxca.models.preprocessing import Preprocessing
+
+    set_threads(threads)
+    ds = load_learn2reg(dataset)
+    model, info = load_model(model_name, "cpu")
+    return SimpleNamespace(
+        ds=ds,
+        root=Path(dataset).parent,
+        labels=list(ds.evaluation_labels),
+        model=model,
+        info=info,
+        prep=Preprocessing.of(info),
+        int_steps=int(getattr(model.config, "int_steps", 7)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,19 +30,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import REPO, atomic_write_text, markdown_table, set_threads, write_csv
+from _common import (
+    REPO,
+    atomic_write_text,
+    brain_benchmark_setup,
+    markdown_table,
+    parse_subject_pairs,
+    write_csv,
+)
 
 VARIANTS = ("network", "reverse inverted", "average with reverse", "average with LR flip")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maxca.app import load_model
     from maxca.data.io import read_volume
-    from maxca.data.learn2reg import load_learn2reg
     from maxca.inference.register import model_grid, model_input, resample_to_grid
     from maxca.metrics import inverse_consistency_error, njd_percent
     from maxca.metrics.overlap import dice
-    from maxca.models.preprocessing import Preprocessing
     from maxca.spatial import integrate_velocity, warp
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -54,22 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "benchmarks/results/network_symmetry"))
     args = p.parse_args(argv)
-    try:
-        pairs = [tuple(int(v) for v in item.split(":")) for item in args.pairs.split(",")]
-    except ValueError:
-        pairs = []
-    if not pairs or any(len(pr) != 2 for pr in pairs):
-        p.error(f"--pairs must be FIXED:MOVING subject numbers, got {args.pairs!r}")
-    set_threads(args.threads)
-    ds = load_learn2reg(args.dataset)
-    root = Path(args.dataset).parent
-    labels = list(ds.evaluation_labels)
-    model, info = load_model(args.model, "cpu")
-    prep = Preprocessing.of(info)
-    int_steps = int(getattr(model.config, "int_steps", 7))
+    pairs = parse_subject_pairs(p, args.pairs)
+    env = brain_benchmark_setup(args.dataset, args.model, args.threads)
+    model, prep, labels, int_steps = env.model, env.prep, env.labels, env.int_steps
 
     def read(sub: int, folder: str, kind: str):  # noqa: ANN202
-        return read_volume(root / folder / f"{ds.name}_{sub:04d}_0000.nii.gz", kind)
+        return read_volume(env.root / folder / f"{env.ds.name}_{sub:04d}_0000.nii.gz", kind)
 
     rows = []
     for f, m in pairs:

@@ -45,7 +45,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import REPO, atomic_write_text, markdown_table, set_threads, write_csv
+from _common import (
+    REPO,
+    atomic_write_text,
+    brain_benchmark_setup,
+    markdown_table,
+    parse_subject_pairs,
+    write_csv,
+)
 
 
 def _update(
@@ -93,15 +100,12 @@ CONFIGS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maxca.app import load_model
     from maxca.data.io import Volume, read_volume
     from maxca.data.labelsynth import T2_LIKE, fixed_contrast_image
-    from maxca.data.learn2reg import load_learn2reg
     from maxca.inference.refine import refine_flow
     from maxca.inference.register import model_grid, model_input, resample_to_grid
     from maxca.metrics import njd_percent
     from maxca.metrics.overlap import dice
-    from maxca.models.preprocessing import Preprocessing
     from maxca.spatial import integrate_velocity, warp
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -135,14 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
     if args.steps < 1 or args.every < 1 or args.steps % args.every:
         raise SystemExit("--steps and --every must be >= 1, --steps a multiple of --every")
-    set_threads(args.threads)
-    ds = load_learn2reg(args.dataset)
-    root = Path(args.dataset).parent
-    labels = list(ds.evaluation_labels)
-    model, info = load_model(args.model, "cpu")
-    prep = Preprocessing.of(info)
+    env = brain_benchmark_setup(args.dataset, args.model, args.threads)
+    ds, root, labels, model, prep = env.ds, env.root, env.labels, env.model, env.prep
     loss = dict(prep.loss or {})
-    int_steps = int(getattr(model.config, "int_steps", 7))
+    int_steps = env.int_steps
 
     def read(sub: int, kind: str) -> Volume:
         folder = {"image": "imagesTr", "label": "labelsTr", "mask": "masksTr"}[kind]
@@ -151,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     if args.pairs:
-        try:
-            pairs = [tuple(int(v) for v in item.split(":")) for item in args.pairs.split(",")]
-        except ValueError:
-            pairs = []
-        if not pairs or any(len(pr) != 2 for pr in pairs):
-            p.error(f"--pairs must be FIXED:MOVING subject numbers, got {args.pairs!r}")
+        pairs = parse_subject_pairs(p, args.pairs)
     else:
         pairs = [(f, f + args.offset) for f in (int(v) for v in args.subjects.split(","))]
     for f, m in pairs:

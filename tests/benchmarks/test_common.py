@@ -169,3 +169,17 @@ def test_training_pairs_wrap_around_the_subjects() -> None:
         ("0001", "0002"), ("0002", "0003"), ("0003", "0004"), ("0004", "0001")
     ]  # fmt: skip
     assert training_pairs("3-5", 5) == [("0003", "0005"), ("0004", "0003"), ("0005", "0004")]
+
+
+def test_parse_subject_pairs_known_answer_and_errors(capsys) -> None:  # noqa: ANN001
+    import argparse
+
+    from _common import parse_subject_pairs
+
+    p = argparse.ArgumentParser()
+    assert parse_subject_pairs(p, "3:14,14:3") == [(3, 14), (14, 3)]
+    for bad in ("3-14", "3:14:5", "", "x:1"):
+        with pytest.raises(SystemExit) as info:
+            parse_subject_pairs(p, bad)
+        assert info.value.code == 2
+        assert "--pairs must be FIXED:MOVING" in capsys.readouterr().err
