@@ -45,8 +45,7 @@ def inverse_consistency_map(
         )
     d = ab.shape[0]
     step = np.ones(d) if spacing is None else as_spacing(spacing, d)
-    grid = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in ab.shape[1:]), indexing="ij")
-    points = np.stack([g + u for g, u in zip(grid, ab)])  # p + u_ab(p), voxels of B
+    points = np.indices(ab.shape[1:], dtype=np.float64) + ab  # p + u_ab(p), voxels of B
     back = np.stack([map_coordinates(c, points, order=1, mode="nearest") for c in ba])
     residual = (ab + back) * step.reshape((d,) + (1,) * d)
     return np.sqrt(np.sum(residual**2, axis=0))
