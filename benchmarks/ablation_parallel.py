@@ -23,7 +23,10 @@ Every option after ``--`` is passed to each ``ablation.py`` call unchanged (e.g.
 ``--out``, ``--cache``, ``--holdout``, ``--steps``, ``--device`` and ``--threads`` belong to this
 script.
 ``--merge-only`` runs no cell: it merges and reports the finished cells of the grid (a grid
-that grows across sessions can be reported at any time; missing cells are listed).
+that grows across sessions can be reported at any time; missing cells are listed). The merged
+report also takes every other finished cell of ``OUT/cells`` with the same setting and budget,
+so two instances sharing one ``--out`` (one per core, each with its own ``--attentions``) leave
+one report of all their cells, whichever finishes last.
 
 ``--holdout N`` (3-D) replaces the dataset's 4 ``registration_val`` pairs, too few for a paired
 test over one seed (the smallest two-sided Wilcoxon p over 4 pairs is 0.125), with every
@@ -151,6 +154,29 @@ def cell_finished(cell: Path, host: str, kind: str, seed: int, steps: int) -> bo
         ablation._key(r) == key and r.get("budget_steps") == str(steps)
         for r in _read(cell / "ablation.csv")
     )
+
+
+def other_finished_cells(
+    out: Path, setting: str, steps: int, grid: Sequence[Path]
+) -> list[tuple[str, str, int, Path]]:
+    """Finished cells in ``out/cells`` that are not in ``grid``: same setting, same budget.
+
+    Two instances of this script may share one ``--out`` (e.g. one per core, each with its own
+    ``--attentions``); whichever merges last then reports every finished cell of the folder,
+    not only its own grid. Returns ``(host, kind, seed, cell)`` sorted by folder name."""
+    import ablation
+
+    mine = {c.resolve() for c in grid}
+    found: list[tuple[str, str, int, Path]] = []
+    for cell in sorted((out / "cells").glob("*")):
+        if cell.resolve() in mine:
+            continue
+        for r in _read(cell / "ablation.csv"):
+            if r.get("setting") == setting and r.get("budget_steps") == str(steps):
+                host, kind, seed = ablation._key(r)
+                found.append((host, kind, int(seed), cell))
+                break
+    return found
 
 
 def plot_curves(out: Path, cells: Sequence[tuple[str, str, int, Path]]) -> Path | None:
@@ -304,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"finished {name}: exit {proc.returncode} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
+    others = other_finished_cells(out, args.setting, args.steps, [c for *_, c in cells])
+    for *_, cell in others:
+        print(f"also merged {cell.name} (finished in {out} outside this grid)", flush=True)
+    cells += others
     n_rows, n_pairs = merge_cells(out, [c for *_, c in cells])
     print(f"merged {n_rows} cells ({n_pairs} pair rows) into {out}")
     if n_rows:
@@ -312,11 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = [
             *common,
             "--hosts",
-            ",".join(hosts),
+            ",".join(dict.fromkeys(h for h, *_ in cells)),
             "--attentions",
-            ",".join(kinds),
+            ",".join(dict.fromkeys(k for _, k, *_ in cells)),
             "--seeds",
-            ",".join(map(str, seeds)),
+            ",".join(dict.fromkeys(str(s) for *_, s, _ in cells)),
             "--out",
             str(out),
             "--report",

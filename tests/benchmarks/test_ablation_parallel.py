@@ -64,6 +64,22 @@ def test_parallel_cells_merge_into_the_sequential_result(
     merged = {(r["host"], r["attention"]) for r in _rows(par / "ablation.csv")}
     assert merged == {("unet", "xca"), ("unet", "none")}
 
+    # a grid of one kind in the same folder (a second instance, e.g. one per core) still
+    # reports every finished cell of the folder: its own and the other instance's
+    narrow = [a if a != "xca,none" else "none" for a in argv_par]
+    merge_only = [*narrow[: narrow.index("--")], "--merge-only", "--"]
+    (par / "ablation.md").unlink()
+    assert ablation_parallel.main(merge_only) == 0
+    assert "also merged unet-xca-s0" in capsys.readouterr().out
+    merged = {(r["host"], r["attention"]) for r in _rows(par / "ablation.csv")}
+    assert merged == {("unet", "xca"), ("unet", "none")}
+    md = (par / "ablation.md").read_text()
+    assert "| unet | xca |" in md and "| unet | none |" in md
+    # ... but not a cell trained to another budget
+    other_budget = [a if a != "2" else "3" for a in merge_only]
+    assert ablation_parallel.main(other_budget) == 0
+    assert "also merged" not in capsys.readouterr().out
+
 
 def test_options_of_the_launcher_are_refused_after_the_separator(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exc:
