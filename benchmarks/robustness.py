@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels=labels,
         sides=sides,
         plot=False,
+        first_pair_index=args.skip_pairs,  # the same corrupted images as a run over all pairs
     )
     run_s = time.perf_counter() - t_run
     cpu_s = time.process_time() - cpu_run  # CPU seconds of this process, all its threads

@@ -215,3 +215,32 @@ def test_break_severity_is_the_first_level_beyond_the_drop() -> None:
     md = markdown_report(rows)
     table = md[md.index("## Where each method breaks") :]
     assert "| gaussian_noise | moving | 3 (SNR 8) | 1 (SNR 30) | - |" in table
+
+
+def test_slice_of_pairs_draws_the_full_runs_corruptions(pairs) -> None:
+    """A run over pairs[1:] with first_pair_index=1 corrupts pair 1 exactly as the full run did
+    (the script's --skip-pairs splits pairs over processes); without the index it does not."""
+
+    def recorder(seen: list[np.ndarray]) -> Method:
+        def register(fixed: Volume, moving: Volume) -> np.ndarray:
+            seen.append(np.stack([np.asarray(fixed.array), np.asarray(moving.array)]))
+            return np.zeros((3, *fixed.shape), dtype=np.float32)
+
+        return Method("recorder", register)
+
+    kinds = ["gaussian_noise", "motion_ghosting"]
+    full: list[np.ndarray] = []
+    run_robustness(pairs, [recorder(full)], kinds, [2], sides=["moving"], plot=False)
+    sliced: list[np.ndarray] = []
+    run_robustness(
+        pairs[1:], [recorder(sliced)], kinds, [2], sides=["moving"], plot=False, first_pair_index=1
+    )
+    unshifted: list[np.ndarray] = []
+    run_robustness(pairs[1:], [recorder(unshifted)], kinds, [2], sides=["moving"], plot=False)
+    per_pair = len(kinds)  # one corrupted registration per corruption (no clean severity)
+    assert len(full) == 2 * per_pair and len(sliced) == per_pair
+    for a, b in zip(full[per_pair:], sliced):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(full[per_pair], unshifted[0])  # index 0's noise, not index 1's
+    with pytest.raises(MaxcaInputError, match="first_pair_index"):
+        run_robustness(pairs, [recorder([])], kinds, [2], first_pair_index=-1)

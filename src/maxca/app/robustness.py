@@ -301,6 +301,7 @@ def run_robustness(
     sides: Sequence[str] = SIDES,
     plot: bool = True,
     meta: Mapping[str, Any] | None = None,
+    first_pair_index: int = 0,
 ) -> list[dict[str, Any]]:
     """Register corrupted pairs with every method and score them against the clean labels.
 
@@ -324,6 +325,10 @@ def run_robustness(
         sides: which images to corrupt, a subset of ``("moving", "fixed")``.
         plot: write the PNG figures.
         meta: extra ``key: value`` lines for the Markdown header (data, command, runtime...).
+        first_pair_index: the index of ``pairs[0]`` in the full pair list. The corruption
+            seeds depend on a pair's index in that list, so a run over a slice of it (e.g. the
+            script's ``--skip-pairs``, to split the pairs over processes) must pass the slice's
+            start to draw the same corrupted images as the full run.
 
     Returns:
         the rows (dicts with the keys of :data:`CSV_COLUMNS`).
@@ -335,6 +340,10 @@ def run_robustness(
     _check_request(methods, corruptions, severities, seeds, sides)
     if not pairs:
         raise MaxcaInputError("run_robustness needs at least one pair, got none")
+    if isinstance(first_pair_index, bool) or int(first_pair_index) != first_pair_index:
+        raise MaxcaInputError(f"first_pair_index must be an integer, got {first_pair_index!r}")
+    if first_pair_index < 0:
+        raise MaxcaInputError(f"first_pair_index must be >= 0, got {first_pair_index}")
     out = None if out_dir is None else Path(out_dir)
     rows: list[dict[str, Any]] = []
     for p_index, pair in enumerate(pairs):
@@ -353,7 +362,10 @@ def run_robustness(
         for corruption in corruptions:
             levels = severity_levels(corruption)
             for side in sides:
-                base_seed = {s: corruption_seed(s, p_index, corruption, side) for s in seeds}
+                base_seed = {
+                    s: corruption_seed(s, first_pair_index + p_index, corruption, side)
+                    for s in seeds
+                }
                 for severity in severities:
                     for seed in seeds:
                         common = {
