@@ -8,7 +8,8 @@ level, and registered by:
 
 * ``affine only`` (always): the zero flow, the dataset's affine pre-alignment;
 * each ``--model [LABEL=]RUN_DIR`` (checkpoint ``--which``), and with ``--refine N`` the same
-  model again with ``N`` steps of instance optimisation;
+  model again with ``N`` steps of instance optimisation (of the model's own similarity, or of
+  ``--refine-similarity``: e.g. ``mind`` for pairs of two contrasts);
 * with ``--ants``, ANTs SyN with ANTsPy's defaults (``_common.ants_register``, preset ``SyN``;
   the corrupted volumes are written to temporary NIfTI files) when ANTsPy is installed, else a
   note and no ANTs rows.
@@ -60,6 +61,7 @@ from _common import (
     set_threads,
     validation_pairs,
 )
+from maxca._checks import SIMILARITIES
 from maxca.app.robustness import (
     SIDES,
     Method,
@@ -128,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], help="[LABEL=]RUN_DIR (repeatable)")
     p.add_argument("--which", choices=("last", "best"), default="last", help="checkpoint")
     p.add_argument("--refine", type=int, default=0, help="also each model with N refine steps")
+    p.add_argument(
+        "--refine-similarity",
+        choices=SIMILARITIES,
+        default=None,
+        help="what --refine optimises (default: the model's own similarity)",
+    )
     p.add_argument("--ants", action="store_true", help="ANTs SyN (defaults) when installed")
     p.add_argument(
         "--corruptions",
@@ -212,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"severities must be in 0..{top}, got {args.severities!r}")
     if args.refine < 0:
         parser.error("--refine must be >= 0")
+    if args.refine_similarity is not None and not args.refine:
+        parser.error("--refine-similarity needs --refine N")
     if args.max_pairs is not None and args.max_pairs < 1:
         parser.error("--max-pairs must be >= 1")
     if args.skip_pairs < 0:
@@ -245,11 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods.append(plain)
             if args.refine:
                 model, info = load_checkpoint(path, which=args.which)
+                similarity = f" ({args.refine_similarity})" if args.refine_similarity else ""
                 methods.append(
                     model_method(
                         path,
-                        name=f"{label} +refine {args.refine}",
+                        name=f"{label} +refine {args.refine}{similarity}",
                         refine_steps=args.refine,
+                        refine_similarity=args.refine_similarity,
                         device=args.device,
                         model=model,
                         info=info,

@@ -244,3 +244,24 @@ def test_slice_of_pairs_draws_the_full_runs_corruptions(pairs) -> None:
     assert not np.array_equal(full[per_pair], unshifted[0])  # index 0's noise, not index 1's
     with pytest.raises(MaxcaInputError, match="first_pair_index"):
         run_robustness(pairs, [recorder([])], kinds, [2], first_pair_index=-1)
+
+
+def test_model_method_refines_with_the_similarity_it_is_given(pairs, checkpoint) -> None:
+    """``refine_similarity`` reaches the refinement: the flow equals ``register_pair`` with that
+    similarity (a reference computation), differs from the model's own (NCC) refinement, and
+    the method is named after it; refused when unknown or without refinement steps."""
+    model, info = load_checkpoint(checkpoint, map_location="cpu")
+    p = pairs[0]
+    mse = model_method(checkpoint, refine_steps=3, refine_similarity="mse")
+    own = model_method(checkpoint, refine_steps=3)
+    assert mse.name == "tiny +refine 3 (mse)" and own.name == "tiny +refine 3"
+    got = np.asarray(mse.register(p.fixed, p.moving))
+    ref = register_pair(
+        model, info, p.fixed, p.moving, refine_steps=3, refine_options={"similarity": "mse"}
+    ).flow
+    np.testing.assert_allclose(got, np.asarray(ref), atol=1e-6)
+    assert np.abs(got - np.asarray(own.register(p.fixed, p.moving))).max() > 1e-4
+    with pytest.raises(MaxcaInputError, match="refine similarity must be one of"):
+        model_method(checkpoint, refine_steps=3, refine_similarity="cosine")
+    with pytest.raises(MaxcaInputError, match="refine_similarity needs refine_steps > 0"):
+        model_method(checkpoint, refine_similarity="mind")

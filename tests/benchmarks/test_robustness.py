@@ -84,6 +84,8 @@ def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
         (["--severities", "0,5"], "severities must be in 0..4"),
         (["--corruptions", "blur"], "unknown corruptions"),
         (["--refine", "-1"], "--refine must be >= 0"),
+        (["--refine-similarity", "mind"], "--refine-similarity needs --refine N"),
+        (["--refine", "2", "--refine-similarity", "l2"], "invalid choice: 'l2'"),
         (["--skip-pairs", "-1"], "--skip-pairs must be >= 0"),
         (["--skip-pairs", "4"], "--skip-pairs 4 leaves no pair of registration_val"),
     ],
@@ -110,3 +112,19 @@ def test_skip_pairs_runs_the_later_pairs(tiny_dataset: Path, tmp_path: Path) -> 
     second = _common.validation_pairs(tiny_dataset)[1]
     names = {r["pair"] for r in _rows(out / "robustness.csv")}
     assert names == {_common.load_pairs([second])[0].name}
+
+
+def test_refine_similarity_names_the_refined_method(tiny_dataset: Path, tmp_path: Path) -> None:
+    ckpt = _common.fresh_checkpoint(
+        tmp_path / "model", "pyramid", "maxca", SHAPE, (SPACING,) * 3, small=True
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--dataset", str(tiny_dataset), "--max-pairs", "1", "--model", f"tiny={ckpt}",
+        "--refine", "2", "--refine-similarity", "mind", "--corruptions", "contrast_gamma",
+        "--severities", "0", "--sides", "moving", "--threads", "1", "--out", str(out),
+        "--no-plot", "--quiet",
+    ]  # fmt: skip
+    assert robustness.main(argv) == 0
+    methods = {r["method"] for r in _rows(out / "robustness.csv")}
+    assert methods == {"affine only", "tiny", "tiny +refine 2 (mind)"}

@@ -40,6 +40,7 @@ import torch
 
 # ----------------------------------------------------------------------------------------------
 from maxca._atomic import atomic_path, atomic_write_text
+from maxca.app.registration import check_refine_similarity
 from maxca.data.corruptions import CORRUPTIONS, apply_corruption, severity_levels
 
 # ----------------------------------------------------------------------------------------------
@@ -153,29 +154,46 @@ def model_method(
     device: str = "cpu",
     model: Any = None,
     info: Any = None,
+    refine_similarity: str | None = None,
 ) -> Method:
     """A maxca model as a :class:`Method` (:func:`~maxca.inference.register.register_pair`).
 
     Args:
         checkpoint: a run directory, a checkpoint directory or a ``.safetensors`` file.
-        name: the method's name (default: the folder name, ``+refine N`` with refinement).
+        name: the method's name (default: the folder name, ``+refine N`` with refinement, and
+            `` (SIMILARITY)`` with ``refine_similarity``).
         refine_steps: instance-optimisation steps per pair (0: the network alone).
         which: ``"last"`` or ``"best"`` checkpoint of a run directory.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         model, info: an already loaded model and its checkpoint info (then ``checkpoint`` only
             names it), e.g. to share one model between a plain and a refined method.
+        refine_similarity: the similarity the refinement optimises (``"ncc"``, ``"mse"`` or
+            ``"mind"``, as ``maxca register --refine-similarity``); ``None``: the model's own.
+            Refused without ``refine_steps``, where it would change nothing.
     """
     if isinstance(refine_steps, bool) or int(refine_steps) != refine_steps or refine_steps < 0:
         raise MaxcaInputError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
+    check_refine_similarity(refine_similarity)
+    if refine_similarity is not None and not refine_steps:
+        raise MaxcaInputError("refine_similarity needs refine_steps > 0")
+    options = None if refine_similarity is None else {"similarity": refine_similarity}
     if model is None:
         model, info = load_checkpoint(checkpoint, which=which, map_location="cpu")
     label = name or Path(checkpoint).name
     if name is None and refine_steps:
         label = f"{label} +refine {int(refine_steps)}"
+        if refine_similarity is not None:
+            label = f"{label} ({refine_similarity})"
 
     def register(fixed: Volume, moving: Volume) -> np.ndarray:
         result = register_pair(
-            model, info, fixed, moving, device=device, refine_steps=int(refine_steps)
+            model,
+            info,
+            fixed,
+            moving,
+            device=device,
+            refine_steps=int(refine_steps),
+            refine_options=options,
         )
         return result.flow
 
