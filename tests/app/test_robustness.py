@@ -215,6 +215,17 @@ def test_break_severity_is_the_first_level_beyond_the_drop() -> None:
     md = markdown_report(rows)
     table = md[md.index("## Where each method breaks") :]
     assert "| gaussian_noise | moving | 3 (SNR 8) | 1 (SNR 30) | - |" in table
+    # a method run on another corruption only (a merged report) reads "not run" here, not nan
+    other = [
+        dict(r, corruption="bias_field", method="d") for r in rows_for("d", {0: [0.7], 3: [0.6]})
+    ]
+    md = markdown_report(rows + other)
+    assert "nan" not in md
+    drop = md[md.index("## Dice drop") : md.index("## Where each method breaks")]
+    assert "| gaussian_noise | moving | -0.150 | -0.200 | -0.040 | not run |" in drop
+    assert "| bias_field | moving | not run | not run | not run | -0.100 |" in drop
+    table = md[md.index("## Where each method breaks") :]
+    assert "| gaussian_noise | moving | 3 (SNR 8) | 1 (SNR 30) | - | not run |" in table
 
 
 def test_slice_of_pairs_draws_the_full_runs_corruptions(pairs) -> None:

@@ -522,7 +522,9 @@ def markdown_report(
     """The Markdown report: a mean-Dice table per corruption and a Dice-drop summary.
 
     Dice = mean over structures per pair, then mean ± std over pairs (seeds averaged within a
-    pair). The drop is ``Dice(worst severity) - Dice(clean)`` per method and side.
+    pair). The drop is ``Dice(worst severity) - Dice(clean)`` per method and side; a method
+    without rows for a corruption and side (e.g. a report merged from runs of other corruptions)
+    reads ``not run`` there, never a number.
     """
     methods = _ordered([r["method"] for r in rows])
     corruptions = _ordered([r["corruption"] for r in rows])
@@ -547,9 +549,9 @@ def markdown_report(
         for side in sides:
             cells = []
             for m in methods:
-                clean = _stat(_select(rows, corruption=c, side=side, method=m, severity=0))[0]
-                bad = _stat(_select(rows, corruption=c, side=side, method=m, severity=worst))[0]
-                cells.append(f"{bad - clean:+.3f}")
+                clean, _, n0 = _stat(_select(rows, corruption=c, side=side, method=m, severity=0))
+                bad, _, n1 = _stat(_select(rows, corruption=c, side=side, method=m, severity=worst))
+                cells.append(f"{bad - clean:+.3f}" if n0 and n1 else "not run")
             lines.append(f"| {c} | {side} | " + " | ".join(cells) + " |")
     lines.append("")
     if 0 in severities:
@@ -557,7 +559,8 @@ def markdown_report(
             f"## Where each method breaks (first severity with Dice more than {BREAK_DROP} "
             "below its clean Dice)",
             "",
-            "`-`: not within the severities run.",
+            "`-`: not within the severities run; `not run`: the method has no clean registration "
+            "of this corruption and side.",
             "",
         ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -565,6 +568,9 @@ def markdown_report(
             for side in sides:
                 cells = []
                 for m in methods:
+                    if not _select(rows, corruption=c, side=side, method=m, severity=0):
+                        cells.append("not run")
+                        continue
                     at = break_severity(rows, c, side, m)
                     cells.append("-" if at is None else f"{at} ({severity_levels(c)[at]})")
                 lines.append(f"| {c} | {side} | " + " | ".join(cells) + " |")
