@@ -19,10 +19,15 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_robustness_script(tiny_dataset: Path, tmp_path: Path) -> None:
-    ckpt = _common.fresh_checkpoint(
-        tmp_path / "model", "pyramid", "maxca", SHAPE, (SPACING,) * 3, small=True
-    )
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small ``pyramid`` + MAXCA checkpoint on the tiny dataset's grid."""
+    folder = tmp_path_factory.mktemp("model") / "model"
+    return _common.fresh_checkpoint(folder, "pyramid", "maxca", SHAPE, (SPACING,) * 3, small=True)
+
+
+def test_robustness_script(tiny_dataset: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint
     out = tmp_path / "out"
     argv = [
         "--dataset", str(tiny_dataset), "--max-pairs", "2", "--model", f"tiny={ckpt}",
@@ -114,10 +119,10 @@ def test_skip_pairs_runs_the_later_pairs(tiny_dataset: Path, tmp_path: Path) -> 
     assert names == {_common.load_pairs([second])[0].name}
 
 
-def test_refine_similarity_names_the_refined_method(tiny_dataset: Path, tmp_path: Path) -> None:
-    ckpt = _common.fresh_checkpoint(
-        tmp_path / "model", "pyramid", "maxca", SHAPE, (SPACING,) * 3, small=True
-    )
+def test_refine_similarity_names_the_refined_method(
+    tiny_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    ckpt = tiny_checkpoint
     out = tmp_path / "out"
     argv = [
         "--dataset", str(tiny_dataset), "--max-pairs", "1", "--model", f"tiny={ckpt}",
