@@ -71,6 +71,7 @@ from maxca.app.robustness import (
     markdown_report,
     model_method,
     read_csv,
+    refined_name,
     run_robustness,
     write_outputs,
 )
@@ -255,11 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods.append(plain)
             if args.refine:
                 model, info = load_checkpoint(path, which=args.which)
-                similarity = f" ({args.refine_similarity})" if args.refine_similarity else ""
                 methods.append(
                     model_method(
                         path,
-                        name=f"{label} +refine {args.refine}{similarity}",
+                        name=refined_name(label, args.refine, args.refine_similarity),
                         refine_steps=args.refine,
                         refine_similarity=args.refine_similarity,
                         device=args.device,

@@ -63,6 +63,7 @@ __all__ = [
     "markdown_report",
     "model_method",
     "plot_corruption",
+    "refined_name",
     "run_robustness",
     "score",
     "write_outputs",
@@ -146,6 +147,13 @@ def affine_method(name: str = "affine only") -> Method:
     return Method(name, register, "identity")
 
 
+def refined_name(label: str, refine_steps: int, refine_similarity: str | None = None) -> str:
+    """The name of a refined method: ``LABEL +refine N``, then `` (SIMILARITY)`` when the
+    refinement optimises another similarity than the model's own."""
+    name = f"{label} +refine {int(refine_steps)}"
+    return name if refine_similarity is None else f"{name} ({refine_similarity})"
+
+
 def model_method(
     checkpoint: str | Path,
     name: str | None = None,
@@ -181,9 +189,7 @@ def model_method(
         model, info = load_checkpoint(checkpoint, which=which, map_location="cpu")
     label = name or Path(checkpoint).name
     if name is None and refine_steps:
-        label = f"{label} +refine {int(refine_steps)}"
-        if refine_similarity is not None:
-            label = f"{label} ({refine_similarity})"
+        label = refined_name(label, refine_steps, refine_similarity)
 
     def register(fixed: Volume, moving: Volume) -> np.ndarray:
         result = register_pair(
