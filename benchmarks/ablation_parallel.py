@@ -16,7 +16,13 @@ seeds) needs tens of core-hours on CPU; on a machine with many cores, or a GPU t
 4. draws ``ablation_curves.png``: the trainer's validation Dice against the step for every cell
    (mean over seeds per host and kind; needs ``--val-every``), to show whether the curves have
    flattened. The validation pairs are the ones the table reports: the curves are shown, never
-   used to choose anything (the evaluated checkpoint is always the last one, at a fixed budget).
+   used to choose anything (the evaluated checkpoint is always the last one, at a fixed budget);
+5. writes ``ablation_trends.csv`` / ``.md``: whether each curve still moves at the end of the
+   budget, measured (:func:`curve_trends`): the slope of the validation Dice over the late steps
+   (default the second half, ``--trend-from``) with its 95 % interval and p-value, per host and
+   kind, and the same for each paired difference ``maxca - kind``: a difference with no
+   detectable trend gives no sign that a longer budget would change that comparison, even
+   while both curves still rise.
 
 Every option after ``--`` is passed to each ``ablation.py`` call unchanged (e.g. ``--small
 --lr 1e-3 --val-every 500``); ``--hosts``, ``--attentions``, ``--seeds``, ``--setting``,
@@ -97,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge-only",
         action="store_true",
         help="run no cell: merge and report the finished cells of the grid as they are",
+    )
+    p.add_argument(
+        "--trend-from",
+        type=int,
+        default=None,
+        help="first step of the late-slope table (ablation_trends.csv/.md; default: half of "
+        "the last validated step)",
     )
     p.add_argument("extra", nargs=argparse.REMAINDER, help="-- then options for ablation.py")
     return p
@@ -179,18 +192,152 @@ def other_finished_cells(
     return found
 
 
+def read_curve(cell: Path) -> dict[int, float]:
+    """The trainer's validation Dice of one cell, ``{step: val_dice}`` (empty without
+    ``--val-every`` or before the first validation)."""
+    metrics = next(iter(sorted((cell / "runs").glob("*/metrics.csv"))), None)
+    if metrics is None:
+        return {}
+    return {
+        int(r["step"]): float(r["val_dice"])
+        for r in _read(metrics)
+        if r.get("val_dice") not in (None, "")
+    }
+
+
+def late_slope(curves: Sequence[dict[int, float]], start: int) -> dict[str, float]:
+    """Slope of validation curves over their steps ``>= start``, per 1,000 steps.
+
+    One straight line per curve (seed) with its own intercept and a common slope: ordinary
+    least squares after removing each curve's mean step and mean value (the "within" estimator,
+    equal to a regression on the step plus one indicator per curve). The slope's standard
+    error uses ``n - c - 1`` degrees of freedom (``n`` points, ``c`` curves with >= 2 points);
+    ``ci95`` is the half-width of its 95 % interval and ``p`` the two-sided t-test of a zero
+    slope (it treats the points as independent; successive checkpoints of one run are not
+    quite, so read p as a guide). With too few points (no degree of freedom, or no spread of
+    steps) ``slope`` is given where it exists and the rest is NaN.
+
+    Returns ``{"slope", "ci95", "p", "points", "curves"}`` (slope and ci95 in Dice per 1,000
+    steps)."""
+    import numpy as np
+    from scipy import stats
+
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for curve in curves:
+        steps = sorted(s for s in curve if s >= start)
+        if len(steps) < 2:
+            continue
+        x = np.asarray(steps, dtype=float) / 1000.0
+        y = np.asarray([curve[s] for s in steps], dtype=float)
+        xs.append(x - x.mean())
+        ys.append(y - y.mean())
+    nan = float("nan")
+    out = {"slope": nan, "ci95": nan, "p": nan, "points": 0.0, "curves": float(len(xs))}
+    if not xs:
+        return out
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    out["points"] = float(len(x))
+    sxx = float((x * x).sum())
+    if sxx == 0.0:
+        return out
+    slope = float((x * y).sum() / sxx)
+    out["slope"] = slope
+    dof = len(x) - len(xs) - 1
+    if dof < 1:
+        return out
+    resid = y - slope * x
+    se = float(np.sqrt((resid * resid).sum() / dof / sxx))
+    out["ci95"] = float(stats.t.ppf(0.975, dof) * se)
+    if se > 0:
+        out["p"] = float(2 * stats.t.sf(abs(slope) / se, dof))
+    else:  # the lines fit exactly: a slope is certain, a flat curve certainly flat
+        out["p"] = 0.0 if slope != 0 else 1.0
+    return out
+
+
+def curve_trends(
+    cells: Sequence[tuple[str, str, int, Path]],
+    start: int | None = None,
+    reference: str = "maxca",
+) -> list[dict[str, Any]]:
+    """Is each validation curve still moving at the end of the budget, and is each comparison?
+
+    For every (host, kind): :func:`late_slope` of its seeds' curves over steps ``>= start``
+    (default: the second half of the longest curve, ``last step // 2``). For every host with
+    the ``reference`` kind, and every other kind: the same slope of the per-seed *difference*
+    ``reference - kind`` at the steps both curves have, paired by seed (a difference with no
+    detectable trend gives no sign that a longer budget would change that comparison, even
+    while both curves still rise). Rows (``host``, ``curve`` = the kind or ``"maxca - kind"``,
+    ``from_step``, ``last_step``, ``slope``, ``ci95``, ``p``, ``points``, ``curves``): the kinds
+    in the order of ``cells``, then the differences; cells without a validation curve are left
+    out."""
+    by_cell: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
+    for host, kind, seed, cell in cells:
+        curve = read_curve(cell)
+        if curve:
+            by_cell.setdefault((host, kind), {})[seed] = curve
+    if not by_cell:
+        return []
+    last = max(max(c) for seeds in by_cell.values() for c in seeds.values())
+    begin = last // 2 if start is None else start
+    rows: list[dict[str, Any]] = []
+
+    def row(host: str, name: str, curves: Sequence[dict[int, float]]) -> None:
+        ends = [max(c) for c in curves if c]
+        rows.append(
+            {"host": host, "curve": name, "from_step": begin,
+             "last_step": max(ends) if ends else "", **late_slope(curves, begin)}
+        )  # fmt: skip
+
+    for (host, kind), seeds in by_cell.items():
+        row(host, kind, list(seeds.values()))
+    for host in dict.fromkeys(h for h, _ in by_cell):
+        ref = by_cell.get((host, reference))
+        if ref is None:
+            continue
+        for (h, kind), seeds in by_cell.items():
+            if h != host or kind == reference:
+                continue
+            diffs = [
+                {s: ref[seed][s] - curve[s] for s in ref[seed] if s in curve}
+                for seed, curve in seeds.items()
+                if seed in ref
+            ]
+            row(host, f"{reference} - {kind}", diffs)
+    return rows
+
+
+def trends_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`curve_trends` as a Markdown table (slopes in Dice per 1,000 steps)."""
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v == "" or v != v else format(float(v), fmt)
+
+    lines = [
+        "Validation Dice trend over the late steps (slope per 1,000 steps, one line per seed with "
+        "a common slope; ± = 95 % interval; p = t-test of a zero slope, which takes the "
+        "validation points of one run as independent: read it as a guide):",
+        "",
+        "| host | curve | steps | slope / 1,000 steps | ± (95 %) | p | points |",
+        "| :--- | :--- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['host']} | {r['curve']} | {r['from_step']}-{r['last_step']} | "
+            f"{num(r['slope'], '+.4f')} | {num(r['ci95'], '.4f')} | {num(r['p'], '.3g')} | "
+            f"{int(r['points'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot_curves(out: Path, cells: Sequence[tuple[str, str, int, Path]]) -> Path | None:
     """Validation Dice vs step per (host, kind), mean over seeds: ``out/ablation_curves.png``."""
     curves: dict[tuple[str, str], dict[int, list[float]]] = {}
     for host, kind, _seed, cell in cells:
-        metrics = next(iter(sorted((cell / "runs").glob("*/metrics.csv"))), None)
-        if metrics is None:
-            continue
-        for r in _read(metrics):
-            if r.get("val_dice") not in (None, ""):
-                curves.setdefault((host, kind), {}).setdefault(int(r["step"]), []).append(
-                    float(r["val_dice"])
-                )
+        for step, dice in read_curve(cell).items():
+            curves.setdefault((host, kind), {}).setdefault(step, []).append(dice)
     if not curves:
         return None
     import matplotlib
@@ -230,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hosts, kinds, seeds = parse_grid(parser, args)
     if args.steps < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("--steps, --jobs and --threads must be >= 1")
+    if args.trend_from is not None and args.trend_from < 0:
+        parser.error("--trend-from must be >= 0")
     extra = [a for a in args.extra if a != "--"]
     own = {
         "--hosts",
@@ -244,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads",
         "--report",
         "--data",
+        "--trend-from",
     }
     clash = sorted(own.intersection(a.split("=")[0] for a in extra))
     if clash:
@@ -355,6 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     curves = plot_curves(out, cells)
     if curves is not None:
         print(f"wrote {curves}")
+    trends = curve_trends(cells, args.trend_from)
+    if trends:
+        _write(out / "ablation_trends.csv", trends)
+        md = trends_markdown(trends)
+        (out / "ablation_trends.md").write_text(md)
+        print(md)
     if failed:
         print(f"failed cells (see their ablation.log): {', '.join(failed)}")
         return 1
