@@ -362,17 +362,28 @@ def test_unexpected_error_exits_1(files, tmp_path, monkeypatch, capsys):
 
 
 def test_train_and_demo_are_wired(monkeypatch, capsys, tmp_path):
+    import maxca.training  # noqa: F401  (the package first: its __init__ imports the real trainer)
+
     calls = {}
     trainer = types.ModuleType("maxca.training.trainer")
-    trainer.main_train = lambda config, overrides, overwrite=False: calls.setdefault(
-        "train", (config, overrides)
-    )
+
+    def main_train(config, overrides, overwrite=False):
+        calls["train"] = (config, overrides)
+        return Path("runs/my run")
+
+    trainer.main_train = main_train
     demo = types.ModuleType("maxca.app.demo")
     demo.run_demo = lambda **kw: calls.setdefault("demo", kw)
     monkeypatch.setitem(sys.modules, "maxca.training.trainer", trainer)
     monkeypatch.setitem(sys.modules, "maxca.app.demo", demo)
     assert _run(["train", "cfg.yaml", "train.steps=3", "model.name=unet"]) == 0
     assert calls["train"] == ("cfg.yaml", ["train.steps=3", "model.name=unet"])
+    # one closing line, the next command for the trained model (the trainer has already
+    # printed where the run is), with the path quoted for the shell
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == (
+        "next: maxca register --model 'runs/my run' --fixed F --moving M --out DIR"
+    )
     assert _run(["demo", "--out", tmp_path, "--steps", "5", "--seed", "1"]) == 0
     assert calls["demo"] == {"out": str(tmp_path), "steps": 5, "seed": 1}
     assert _run(["demo", "--steps", "0"]) == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import signal
 import sys
 import time
@@ -314,7 +315,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from maxca.training.trainer import main_train
 
     run_dir = main_train(args.config, list(args.overrides), overwrite=args.overwrite)
-    print(f"run directory: {run_dir}")
+    # the trainer printed the run directory when it started and where its checkpoints are
+    model = shlex.quote(str(run_dir))
+    print(f"next: maxca register --model {model} --fixed F --moving M --out DIR")
     return EXIT_OK
 
 
@@ -476,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--outputs",
         metavar="LIST",
         help="comma-separated files to write: warped,labels,flow,itk (pair; default all "
-        "four) and l2r (dataset: disp_FFFF_MMMM.nii.gz; default all five); metrics.json and "
-        "registration.json are always written",
+        "four; itk includes affine.mat and disp_deformable_itk.nii.gz with --affine) and l2r "
+        "(dataset: disp_FFFF_MMMM.nii.gz; default all five); registration.json is always "
+        "written, metrics.json with fixed and moving labels",
     )
     reg.add_argument(
         "--compress",

@@ -144,6 +144,14 @@ def test_register_with_the_packaged_model_prealigns_by_default(packaged, tmp_pat
         assert errors[name].mean() < 5e-3 and np.percentile(errors[name], 99) < 5e-2, name
     assert errors["reversed"].mean() > 10 * errors["chain"].mean()
 
+    # the chain's files are ITK outputs: without `itk` in --outputs there are none of them
+    # (the affine stays in registration.json)
+    only = tmp_path / "only"
+    assert main([*args, "--out", str(only), "--device", "cpu", "--outputs", "warped"]) == 0
+    files = sorted(p.name for p in only.iterdir() if not p.name.startswith("."))
+    assert files == ["registration.json", "warped.nii.gz"]
+    assert json.loads((only / "registration.json").read_text())["affine"] == record["affine"]
+
     plain = tmp_path / "plain"  # --no-affine: no pre-alignment, no affine files
     assert main([*args, "--out", str(plain), "--device", "cpu", "--no-affine"]) == 0
     assert json.loads((plain / "registration.json").read_text())["affine"] is None

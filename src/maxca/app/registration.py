@@ -6,8 +6,9 @@ One pair (:func:`register_files`) writes into ``DIR``::
     warped_labels.nii.gz   moving label map warped with nearest neighbour (with moving labels)
     flow_voxel.nii.gz      voxel displacement of the fixed grid, NIfTI vector (X, Y, Z, 1, d)
     disp_itk.nii.gz        ITK/ANTs displacement field, LPS mm, on the fixed grid
-    affine.mat             with affine pre-alignment: the ITK affine (fixed -> moving points)
-    disp_deformable_itk.nii.gz  with pre-alignment: the deformable part alone, so that
+    affine.mat             with affine pre-alignment (and the ``itk`` output): the ITK affine
+                           (fixed -> moving points; registration.json records it always)
+    disp_deformable_itk.nii.gz  likewise: the deformable part alone, so that
                            ``-t disp_deformable_itk.nii.gz -t affine.mat`` == ``-t disp_itk.nii.gz``
                            (antsApplyTransforms order: the point goes through the first listed
                            transform first)
@@ -92,8 +93,8 @@ RESULT_FILES = (
 
 
 #: what ``--outputs`` can choose: warped image, warped labels, voxel flow, ITK/ANTs field,
-#: Learn2Reg ``disp_FFFF_MMMM.nii.gz`` (datasets only); metrics.json and registration.json are
-#: always written
+#: Learn2Reg ``disp_FFFF_MMMM.nii.gz`` (datasets only); registration.json is always written,
+#: metrics.json with fixed and moving label maps
 OUTPUTS = ("warped", "labels", "flow", "itk", "l2r")
 #: the default outputs (``l2r`` is added for a dataset)
 DEFAULT_OUTPUTS = ("warped", "labels", "flow", "itk")
@@ -353,7 +354,7 @@ def write_result(
             )
             written.append("warped_labels.nii.gz")
         written.extend(pending.result())
-    if result.affine is not None:  # pre-aligned: the chain affine + deformable field too
+    if result.affine is not None and "itk" in chosen:  # pre-aligned: the chain too (ITK files)
         with atomic_file(folder / "affine.mat", ".mat") as tmp:
             write_itk_affine(tmp, result.affine, fixed.ndim)
         written.append("affine.mat")
