@@ -216,6 +216,25 @@ def _constant(root: Path) -> list[str]:
     return _register(root, moving=_save(root / "zeros.nii.gz", np.zeros(SHAPE, np.float32)))
 
 
+def _thin_slab_affine(root: Path) -> list[str]:
+    slab = np.ascontiguousarray(_blob()[:, :, 10:13])
+    moving = _save(root / "slab3.nii.gz", slab)
+    return [*_register(root, moving=moving, fixed_labels="", moving_labels=""), "--affine"]
+
+
+def _constant_affine(root: Path) -> list[str]:
+    return [*_constant(root), "--affine"]
+
+
+def _labels_without_moving_labels(root: Path) -> list[str]:
+    return [*_register(root, fixed_labels="", moving_labels=""), "--outputs", "warped,labels"]
+
+
+def _image_as_labels(root: Path) -> list[str]:
+    values = np.random.default_rng(0).integers(-1000, 2000, SHAPE).astype(np.int16)
+    return _register(root, out="out_ct", moving_labels=_save(root / "ct.nii.gz", values))
+
+
 CASES = [
     Case("missing checkpoint folder", _missing_checkpoint),
     Case("NaN weights in model.safetensors", _nan_weights),
@@ -235,7 +254,13 @@ CASES = [
     Case("--dataset path that does not exist", _dataset_json_missing),
     Case("--dataset file that is not JSON", _dataset_not_json),
     Case("--outputs with an unknown name", _bad_outputs),
+    Case("--outputs labels without --moving-labels", _labels_without_moving_labels),
+    Case("moving image of 3 slices, with --affine", _thin_slab_affine),
+    Case("constant (all-zero) moving image, with --affine", _constant_affine),
     Case("constant (all-zero) moving image: a warning, not an error", _constant, expected=0),
+    Case(
+        "integer image (> 1000 values) as --moving-labels: a warning", _image_as_labels, expected=0
+    ),  # fmt: skip
 ]
 
 

@@ -272,6 +272,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 labels=labels,
                 landmarks=landmarks,
                 l2r_compat=args.l2r_compat,
+                strict_labels=True,
             )
         ]
     else:

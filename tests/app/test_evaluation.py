@@ -88,6 +88,15 @@ def test_evaluate_files_l2r_and_voxel_flow(tmp_path):
         l2r_compat=True,
     )
     assert c.l2r_compat and c.dice[1] == 1.0
+    # the user's own --labels for one pair: an id in neither map is a typo, not a NaN Dice;
+    # one map holding it is enough (a structure missing from the other scores 0)
+    args = (tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", tmp_path / "flow_voxel.nii.gz")
+    with pytest.raises(MaxcaInputError, match=r"label id\(s\) 3, 99 appear in neither label map"):
+        evaluate_files(*args, labels=[1, 3, 99], strict_labels=True)
+    # label 2 did not move, the flow shifts it by one of its 3 voxels: Dice 2/3
+    assert evaluate_files(*args, labels=[2], strict_labels=True).dice == pytest.approx({2: 2 / 3})
+    with pytest.raises(MaxcaInputError, match="no label id to score"):
+        evaluate_files(*args, labels=[])
     write_l2r_displacement(tmp_path / "disp_bad.nii.gz", np.zeros((3, 4, 4, 4)), AFF)
     with pytest.raises(MaxcaInputError, match="differs from the fixed label grid"):
         evaluate_files(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", tmp_path / "disp_bad.nii.gz")

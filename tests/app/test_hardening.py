@@ -365,3 +365,41 @@ def test_refine_progress_bar(monkeypatch):
     monkeypatch.setattr(sys, "stderr", not_tty)
     refine_flow(fixed, moving, flow, 3, progress=True)
     assert not_tty.getvalue() == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# label maps that are not what they claim; an output that cannot be written
+
+
+def test_an_image_given_as_labels_warns(files, tmp_path, capsys):
+    # an integer intensity image (CT-like, > 1000 distinct values) given as the moving labels
+    rng = np.random.default_rng(0)
+    ct = _save(tmp_path / "ct.nii.gz", rng.integers(-1000, 2000, SHAPE).astype(np.int16))
+    capsys.readouterr()
+    assert _run(_pair_args(files, tmp_path / "o", moving_labels=ct)) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert any("moving label map" in ln and "intensity image" in ln for ln in lines), lines
+    assert not any("fixed label map" in ln for ln in lines)
+
+
+def test_label_maps_without_a_shared_id_warn(files, tmp_path, capsys):
+    moved = nib.load(str(files["moving_labels"]))
+    ids = np.asarray(moved.dataobj).astype(np.int32)
+    other = _save(tmp_path / "other.nii.gz", np.where(ids > 0, ids + 100, 0).astype(np.int32))
+    capsys.readouterr()
+    assert _run(_pair_args(files, tmp_path / "o", moving_labels=other)) == 0
+    err = capsys.readouterr().err
+    assert "share no label id" in err and err.count("share no label id") == 1
+    capsys.readouterr()
+    assert _run(_pair_args(files, tmp_path / "ok")) == 0  # the real maps: no warning
+    assert "share no label id" not in capsys.readouterr().err
+
+
+def test_outputs_labels_without_moving_labels_is_refused(files, tmp_path, capsys):
+    args = ["register", "--model", files["run"], "--fixed", files["fixed"], "--moving",
+            files["moving"], "--out", tmp_path / "o", "--device", "cpu", "--outputs",
+            "warped,labels"]  # fmt: skip
+    assert _run(args) == 2
+    err = capsys.readouterr().err
+    assert "--outputs labels needs --moving-labels" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -197,6 +197,10 @@ def test_bad_inputs(fixed: Volume, tmp_path) -> None:
         affine_register(fixed, Volume(np.zeros_like(fixed.array), fixed.affine))
     with pytest.raises(MaxcaInputError, match="2-D"):
         affine_register(fixed, Volume(fixed.array[:, :, 0], fixed.affine))
+    # a slab of 3 slices: ITK's smoothing would throw; refused first, naming the shape
+    slab = Volume(np.ascontiguousarray(fixed.array[:, :, 25:28]), fixed.affine)
+    with pytest.raises(MaxcaInputError, match=r"moving image is \d+x\d+x3 voxels.*--no-affine"):
+        affine_register(fixed, slab)
     bad = tmp_path / "x.txt"
     bad.write_text("not a transform")
     with pytest.raises(MaxcaInputError, match="ITK transform"):
@@ -284,3 +288,27 @@ def test_log_mean_known_answers() -> None:
     a2[:2, :2] = [[1.02, 0.01], [0.0, 0.99]]
     a2[:2, 3] = (1.0, -1.0)
     np.testing.assert_allclose(_log_mean(a2, a2, 2), a2, atol=1e-10)
+
+
+def test_a_failure_of_simpleitk_is_one_clear_line(fixed: Volume) -> None:
+    # a header in metres read as mm: voxels 1,000x too small, so the images cannot overlap
+    tiny = fixed.affine.copy()
+    tiny[:3] /= 1000.0
+    with pytest.raises(MaxcaInputError) as exc:
+        affine_register(fixed, Volume(fixed.array, tiny))
+    message = str(exc.value)
+    assert message.startswith("affine pre-alignment failed in SimpleITK (")
+    assert "--no-affine" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("scale", [0.24, 1.8])
+def test_an_implausible_map_is_refused_not_passed_on(fixed: Volume, monkeypatch, scale) -> None:
+    import maxca.inference.affine as affine_module
+
+    T = np.eye(4)
+    T[0, 0] = scale  # what a collapsed coarse level of a thick-slice image gave (x-scale 0.24)
+    monkeypatch.setattr(affine_module, "_one_way", lambda *a, **k: (T.copy(), 0.0))
+    with pytest.raises(MaxcaInputError, match=rf"implausible map \(scales .*{scale:.2f}"):
+        affine_register(fixed, fixed, symmetric=False)
+    T[0, 0] = 1.3  # within [1/1.5, 1.5]: an ordinary inter-subject scaling passes
+    assert affine_register(fixed, fixed, symmetric=False).matrix[0, 0] == pytest.approx(1.3)

@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from maxca.data.io import read_volume
 from maxca.data.learn2reg import Learn2RegDataset, load_learn2reg
 from maxca.errors import MaxcaInputError
@@ -42,15 +44,28 @@ def evaluate_files(
     landmarks: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     l2r_compat: bool = False,
     name: str | None = None,
+    strict_labels: bool = False,
 ) -> PairResult:
     """:func:`evaluate_flow` on files: two label maps and a voxel displacement file.
 
     ``flow`` is maxca's ``flow_voxel.nii.gz`` or a Learn2Reg ``disp_*.nii.gz`` on the fixed grid.
     The pair name defaults to ``FFFF_MMMM`` of a ``disp_FFFF_MMMM`` file, the folder name of a
-    ``flow_voxel`` file, else the file's stem.
+    ``flow_voxel`` file, else the file's stem. With ``strict_labels`` (the user's own
+    ``--labels`` for one pair) an id that is in neither label map is refused (a typo would
+    otherwise score as a NaN Dice).
     """
     fixed = read_volume(fixed_labels, kind="label")
     moving = read_volume(moving_labels, kind="label", expected_ndim=fixed.ndim)
+    if labels is not None and not len(labels):
+        raise MaxcaInputError("no label id to score (--labels is empty)")
+    if strict_labels and labels is not None:
+        present = np.union1d(np.unique(fixed.array), np.unique(moving.array))
+        missing = sorted(set(int(v) for v in labels) - set(int(v) for v in present))
+        if missing:
+            raise MaxcaInputError(
+                f"label id(s) {', '.join(map(str, missing))} appear in neither label map "
+                f"({fixed_labels}, {moving_labels})"
+            )
     u, _ = read_voxel_flow(flow)
     if u.shape[0] != fixed.ndim:
         raise MaxcaInputError(

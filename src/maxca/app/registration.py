@@ -496,6 +496,55 @@ def _warn_if_constant(volume: Volume, what: str, path: str | os.PathLike[str]) -
         )
 
 
+#: a label map with more distinct values than this is more likely an intensity image
+MAX_LABELS = 1000
+
+
+def _label_ids(volume: Volume) -> tuple[np.ndarray, bool]:
+    """The distinct values of a label map, and whether they were counted on a sample (every
+    7th voxel beyond 1M voxels: enough to tell a label map from an image at a fraction of the
+    cost; the count is then a lower bound)."""
+    flat = np.asarray(volume.array).ravel()
+    sampled = flat.size > 1_000_000
+    return np.unique(flat[::7] if sampled else flat), sampled
+
+
+def _warn_about_labels(
+    fixed_labels: Volume | None,
+    moving_labels: Volume | None,
+    fixed_path: str | os.PathLike[str] | None,
+    moving_path: str | os.PathLike[str] | None,
+) -> None:
+    """Warn (one line each) when a label map looks like an intensity image (more than
+    :data:`MAX_LABELS` distinct values: e.g. an integer MR/CT image given as ``--moving-labels``)
+    or when the two label maps share no non-zero id (every Dice would be 0)."""
+    ids = {}
+    for what, volume, path in (
+        ("fixed", fixed_labels, fixed_path),
+        ("moving", moving_labels, moving_path),
+    ):
+        if volume is None:
+            continue
+        ids[what], sampled = _label_ids(volume)
+        if len(ids[what]) > MAX_LABELS:
+            count = f"at least {len(ids[what])}" if sampled else str(len(ids[what]))
+            warnings.warn(
+                f"the {what} label map {path} has {count} distinct values: is it an intensity "
+                "image rather than a label map?",
+                UserWarning,
+                stacklevel=3,
+            )
+    if len(ids) == 2:
+        shared = np.intersect1d(ids["fixed"], ids["moving"])
+        if not np.any(shared != 0) and (np.any(ids["fixed"] != 0) and np.any(ids["moving"] != 0)):
+            warnings.warn(
+                f"the label maps {fixed_path} and {moving_path} share no label id: every Dice "
+                "will be 0 (do both use the same label table?)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def check_refine_similarity(similarity: str | None) -> None:
     """Refuse a refinement similarity that :func:`~maxca.inference.refine.refine_flow` does not
     know (``None`` = the model's own) before anything is read."""
@@ -646,6 +695,8 @@ def register_files(
     out_path = check_output_dir(out, overwrite)
     if fixed_labels is not None and moving_labels is None:
         raise MaxcaInputError("--fixed-labels needs --moving-labels to compute Dice")
+    if outputs is not None and moving_labels is None and "labels" in parse_outputs(outputs):
+        raise MaxcaInputError("--outputs labels needs --moving-labels (the label map to warp)")
     outputs = parse_outputs(outputs)
     check_refine_similarity(refine_similarity)
     check_pair_memory(
@@ -653,9 +704,11 @@ def register_files(
     )
     inputs = _read_inputs(fixed, moving, fixed_labels, moving_labels, _model_ndim(model, info))
     _check_geometry(inputs[0], "fixed", fixed)
-    _warn_if_constant(inputs[0], "fixed", fixed)
     _check_geometry(inputs[1], "moving", moving)
-    _warn_if_constant(inputs[1], "moving", moving)
+    if not affine:  # with it, a constant image is an error of the pre-alignment
+        _warn_if_constant(inputs[0], "fixed", fixed)
+        _warn_if_constant(inputs[1], "moving", moving)
+    _warn_about_labels(inputs[2], inputs[3], fixed_labels, moving_labels)
     run: dict[str, Any] = {
         "progress": progress,
         "affine": affine,
@@ -749,9 +802,11 @@ def register_dataset(
                 f_lab = m_lab = None
             inputs = _read_inputs(fixed, moving, f_lab, m_lab, ndim)
             _check_geometry(inputs[0], "fixed", fixed)
-            _warn_if_constant(inputs[0], "fixed", fixed)
             _check_geometry(inputs[1], "moving", moving)
-            _warn_if_constant(inputs[1], "moving", moving)
+            if not affine:  # with it, a constant image is an error of the pre-alignment
+                _warn_if_constant(inputs[0], "fixed", fixed)
+                _warn_if_constant(inputs[1], "moving", moving)
+            _warn_about_labels(inputs[2], inputs[3], f_lab, m_lab)
             f = inputs[0]
             result = _register_checked(
                 model, info, inputs, device, diffeomorphic, refine_steps, **run

@@ -92,7 +92,29 @@ def _check(fixed: Volume, moving: Volume) -> int:
             raise MaxcaInputError(f"{what} image has non-finite values: cannot align it")
         if float(a.max()) <= float(a.min()):
             raise MaxcaInputError(f"{what} image is constant: nothing to align")
+        if min(a.shape) < 4:
+            shape = "x".join(str(n) for n in a.shape)
+            raise MaxcaInputError(
+                f"{what} image is {shape} voxels: affine pre-alignment needs at least 4 along "
+                "every axis (register without it: --no-affine)"
+            )
     return d
+
+
+#: scales of a pre-alignment map outside ``[1 / MAX_SCALE, MAX_SCALE]`` are refused
+MAX_SCALE = 1.5
+
+
+def _itk_failure(exc: RuntimeError) -> MaxcaInputError:
+    """One line from SimpleITK's multi-line exception text."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Description")), "")
+    detail = detail or (lines[-1] if lines else type(exc).__name__)
+    return MaxcaInputError(
+        f"affine pre-alignment failed in SimpleITK ({detail}); check that both headers place the "
+        "images in the same world space (units, origin), or register without it (--no-affine)"
+    )
 
 
 def affine_register(
@@ -156,6 +178,14 @@ def affine_register(
 
     Returns:
         an :class:`AffineResult` with ``T`` in RAS mm.
+
+    Raises:
+        MaxcaInputError: an image with fewer than 4 voxels along an axis, constant or
+            non-finite; a SimpleITK failure (e.g. images that do not overlap in world space);
+            a map whose scales (singular values of its linear part) fall outside
+            ``[1 / MAX_SCALE, MAX_SCALE]`` (e.g. a thick-slice image whose coarse levels
+            collapsed): a pre-alignment that far from a rigid one is taken as a failure rather
+            than passed on silently.
     """
     d = _check(fixed, moving)
     if shrink is None:
@@ -193,18 +223,29 @@ def affine_register(
         float(min_step),
         gradient_filter,
     )
-    forward, metric = _one_way(f_img, m_img, d, *options, rigid_levels=rigid_levels)
-    ras = forward
-    if symmetric:
-        # the reverse map starts from the inverse of the forward one and refines it at the
-        # finest level only (the coarse levels and the rigid stage are done: ~3x cheaper
-        # than a second full registration, and within 0.01 of it; see the module docstring)
-        reverse, _ = _one_way(
-            m_img, f_img, d, (options[0][-1],), *options[1:], start=np.linalg.inv(forward)
-        )
-        ras = _log_mean(forward, np.linalg.inv(reverse), d)
+    try:
+        forward, metric = _one_way(f_img, m_img, d, *options, rigid_levels=rigid_levels)
+        ras = forward
+        if symmetric:
+            # the reverse map starts from the inverse of the forward one and refines it at the
+            # finest level only (the coarse levels and the rigid stage are done: ~3x cheaper
+            # than a second full registration, and within 0.01 of it; see the module docstring)
+            reverse, _ = _one_way(
+                m_img, f_img, d, (options[0][-1],), *options[1:], start=np.linalg.inv(forward)
+            )
+            ras = _log_mean(forward, np.linalg.inv(reverse), d)
+    except RuntimeError as exc:  # ITK's exceptions (too few voxels, no overlap, ...)
+        raise _itk_failure(exc) from exc
     if not np.isfinite(ras).all() or abs(np.linalg.det(ras[:d, :d])) < 1e-6:
         raise MaxcaInputError("affine pre-alignment failed (degenerate transform)")
+    scales = np.linalg.svd(ras[:d, :d], compute_uv=False)
+    if scales.max() > MAX_SCALE or scales.min() < 1.0 / MAX_SCALE:
+        found = ", ".join(f"{s:.2f}" for s in scales)
+        raise MaxcaInputError(
+            f"affine pre-alignment found an implausible map (scales {found}; expected "
+            f"{1 / MAX_SCALE:.2f}-{MAX_SCALE:g}): check the images and their headers, or "
+            "register without it (--no-affine)"
+        )
     return AffineResult(matrix=ras, metric=metric, seconds=time.perf_counter() - t0)
 
 
