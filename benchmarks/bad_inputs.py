@@ -144,10 +144,10 @@ def _singular(root: Path, which: str) -> list[str]:
 
 def _big_header(root: Path) -> list[str]:
     header = nib.Nifti1Header()
-    header.set_data_shape((512, 512, 512))
+    header.set_data_shape((1024, 1024, 1024))
     header.set_data_dtype(np.float32)
     header.set_sform(np.eye(4), code=1)
-    path = root / "big512.nii"
+    path = root / "big1024.nii"
     with open(path, "wb") as fh:
         fh.write(header.binaryblock + b"\0" * 68)
     return _register(root, fixed=path, moving=path, fixed_labels="", moving_labels="")
@@ -222,6 +222,11 @@ def _thin_slab_affine(root: Path) -> list[str]:
     return [*_register(root, moving=moving, fixed_labels="", moving_labels=""), "--affine"]
 
 
+def _single_slice_fixed(root: Path) -> list[str]:
+    one = _save(root / "slice.nii.gz", np.ascontiguousarray(_blob()[:, :, 10:11]))
+    return _register(root, fixed=one, fixed_labels="", moving_labels="")
+
+
 def _constant_affine(root: Path) -> list[str]:
     return [*_constant(root), "--affine"]
 
@@ -248,7 +253,7 @@ CASES = [
     Case("fixed image with zero spacing (singular affine)", lambda r: _singular(r, "fixed")),
     Case("moving image with zero spacing (singular affine)", lambda r: _singular(r, "moving")),
     Case("--fixed-labels without --moving-labels", lambda r: _register(r, moving_labels="")),
-    Case("512^3 image (header only) beyond the available memory", _big_header),
+    Case("1024^3 image (header only) beyond the available memory", _big_header),
     Case("--out holds files, no --overwrite", _out_exists),
     Case("--out on a read-only file system", _out_readonly),
     Case("--dataset path that does not exist", _dataset_json_missing),
@@ -256,6 +261,7 @@ CASES = [
     Case("--outputs with an unknown name", _bad_outputs),
     Case("--outputs labels without --moving-labels", _labels_without_moving_labels),
     Case("moving image of 3 slices, with --affine", _thin_slab_affine),
+    Case("fixed image of a single slice for a 3-D model", _single_slice_fixed),
     Case("constant (all-zero) moving image, with --affine", _constant_affine),
     Case("constant (all-zero) moving image: a warning, not an error", _constant, expected=0),
     Case(

@@ -403,3 +403,13 @@ def test_outputs_labels_without_moving_labels_is_refused(files, tmp_path, capsys
     err = capsys.readouterr().err
     assert "--outputs labels needs --moving-labels" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_single_slice_fixed_image_is_refused_before_registering(files, tmp_path, capsys):
+    one = _save(tmp_path / "slice.nii.gz", np.ascontiguousarray(_blob((7.5, 9.5, 11.5))[:, :, 5:6]))
+    args = ["register", "--model", files["run"], "--fixed", one, "--moving", files["moving"],
+            "--out", tmp_path / "o", "--device", "cpu"]  # fmt: skip
+    assert _run(args) == 2
+    err = capsys.readouterr().err
+    assert "is 16x20x1 voxels: a 3-D registration needs at least 2" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()

@@ -470,7 +470,8 @@ def check_pair_memory(
 
 
 def _check_geometry(volume: Volume, what: str, path: str | os.PathLike[str]) -> None:
-    """Refuse an image whose affine is singular (a zero-length axis, collinear axes)."""
+    """Refuse an image whose affine is singular (a zero-length axis, collinear axes), and a
+    fixed image one voxel thick (the flow and its Jacobian live on the fixed grid)."""
     d = volume.ndim
     matrix = np.asarray(volume.affine, np.float64)[:d, :d]
     spacing = np.linalg.norm(matrix, axis=0)
@@ -482,6 +483,12 @@ def _check_geometry(volume: Volume, what: str, path: str | os.PathLike[str]) -> 
         raise MaxcaInputError(
             f"the {what} image {path} has a degenerate affine (zero spacing or collinear "
             f"axes): {np.round(matrix, 6).tolist()}"
+        )
+    if what == "fixed" and min(volume.shape) < 2:  # the flow lives on the fixed grid
+        shape = "x".join(str(n) for n in volume.shape)
+        raise MaxcaInputError(
+            f"the fixed image {path} is {shape} voxels: a {d}-D registration needs at least 2 "
+            f"along every axis (a single slice? register it with a 2-D model)"
         )
 
 
