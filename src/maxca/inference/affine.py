@@ -144,7 +144,8 @@ def affine_register(
         fixed, moving: 2-D or 3-D volumes with their RAS affines.
         shrink: down-sampling factors of the resolution levels, coarse to fine (default:
             ``(4k, 2k, k)`` with ``k`` the factor that brings the fixed image's finest spacing
-            to about ``finest_mm``, dropping levels with fewer than 16 voxels along an axis).
+            to about ``finest_mm``, dropping levels with fewer than 16 fixed-image voxels along
+            an axis).
         iterations: optimiser iterations per level and stage.
         sampling: fraction of voxels the metric samples (``(0, 1]``; raised to reach about
             20,000 samples at the finest level; at 1 every voxel is used, with no random draw).
@@ -190,8 +191,11 @@ def affine_register(
     d = _check(fixed, moving)
     if shrink is None:
         k = max(1, int(round(finest_mm / min(fixed.spacing))))
-        smallest = min(min(fixed.shape), min(moving.shape))
-        # keep at least 16 voxels per axis at every level (small images get fewer levels)
+        # keep at least 16 voxels per axis at every level (small images get fewer levels);
+        # the levels shrink the fixed grid only (ITK smooths the moving image, never shrinks
+        # it), so a thick-slice moving image keeps its coarse levels: counting its 27 slices
+        # of 6 mm here left one full-resolution level, which collapsed the map along them
+        smallest = min(fixed.shape)
         levels = [s for s in (4 * k, 2 * k, k) if smallest // s >= 16]
         shrink = tuple(levels) or (max(1, min(k, smallest // 16)),)
     if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < 2**32 - 1:
