@@ -97,6 +97,12 @@ def test_evaluate_files_l2r_and_voxel_flow(tmp_path):
     assert evaluate_files(*args, labels=[2], strict_labels=True).dice == pytest.approx({2: 2 / 3})
     with pytest.raises(MaxcaInputError, match="no label id to score"):
         evaluate_files(*args, labels=[])
+    # maxca's own flow records the fixed grid it was computed on: another grid is refused
+    shifted = AFF.copy()
+    shifted[:3, 3] += 50.0
+    write_voxel_flow(tmp_path / "other" / "flow_voxel.nii.gz", _shift(1.0), Volume(fixed, shifted))
+    with pytest.raises(MaxcaInputError, match="computed on another grid than the fixed label"):
+        evaluate_files(*args[:2], tmp_path / "other" / "flow_voxel.nii.gz")
     write_l2r_displacement(tmp_path / "disp_bad.nii.gz", np.zeros((3, 4, 4, 4)), AFF)
     with pytest.raises(MaxcaInputError, match="differs from the fixed label grid"):
         evaluate_files(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", tmp_path / "disp_bad.nii.gz")

@@ -24,6 +24,17 @@ from maxca.metrics import PairResult, summarize, write_pair_csv, write_summary
 __all__ = ["evaluate_dataset", "evaluate_files", "write_evaluation"]
 
 
+def _written_by_maxca(path: str | os.PathLike[str]) -> bool:
+    """Whether a displacement file is maxca's ``flow_voxel`` (its header's marker)."""
+    import nibabel as nib
+
+    from maxca.inference.export import VOXEL_FLOW_DESCRIP
+
+    header = nib.load(str(path)).header
+    descrip = bytes(header.get("descrip", b"")).split(b"\0")[0].decode(errors="replace")
+    return VOXEL_FLOW_DESCRIP in descrip
+
+
 def _default_name(flow_path: Path) -> str:
     stem = flow_path.name
     for ext in (".nii.gz", ".nii"):
@@ -66,7 +77,14 @@ def evaluate_files(
                 f"label id(s) {', '.join(map(str, missing))} appear in neither label map "
                 f"({fixed_labels}, {moving_labels})"
             )
-    u, _ = read_voxel_flow(flow)
+    u, flow_affine = read_voxel_flow(flow)
+    if _written_by_maxca(flow) and not np.allclose(flow_affine, fixed.affine, atol=1e-3):
+        # (Learn2Reg disp_* files often carry an identity affine: only maxca's own flow, which
+        # records the fixed grid it was computed on, can be checked)
+        raise MaxcaInputError(
+            f"{flow} was computed on another grid than the fixed label map {fixed_labels} "
+            "(the affines differ): give the fixed labels of that registration"
+        )
     if u.shape[0] != fixed.ndim:
         raise MaxcaInputError(
             f"{flow}: a {u.shape[0]}-D displacement for {fixed.ndim}-D label maps"
