@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -259,3 +260,14 @@ def test_check_same_grid() -> None:
         check_same_grid(a, Volume(np.zeros((4, 5, 6)), shifted), "a vs b")
     with pytest.raises(MaxcaInputError, match="4x4"):
         Volume(np.zeros((2, 2, 2)), np.eye(3))
+
+
+@pytest.mark.parametrize("kind", ["image", "label"])
+def test_a_complex_nifti_is_refused_not_silently_cast(tmp_path: Path, kind: str) -> None:
+    values = (np.ones((4, 5, 6)) + 2j * np.ones((4, 5, 6))).astype(np.complex64)
+    path = tmp_path / "c.nii.gz"
+    nib.save(nib.Nifti1Image(values, np.eye(4)), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no raw ComplexWarning on the way
+        with pytest.raises(MaxcaInputError, match=rf"complex-valued {kind} \(complex64\)"):
+            read_volume(path, kind)

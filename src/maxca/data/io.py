@@ -240,6 +240,11 @@ def _sitk_geometry(
 def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
     try:
         img = nib.load(str(path))
+        if np.issubdtype(img.get_data_dtype(), np.complexfloating):
+            raise MaxcaInputError(
+                f"{path}: complex-valued {kind} ({img.get_data_dtype()}); give a real image, "
+                "e.g. the magnitude"
+            )
         arr = img.get_fdata(dtype=np.float32) if kind == "image" else np.asarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
     except MaxcaInputError:
