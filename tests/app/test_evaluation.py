@@ -144,6 +144,10 @@ def test_evaluate_dataset_and_reports(tmp_path):
     assert seen == [(0, 2, "0001_0002"), (1, 2, "0001_0003")]
     assert [r.labels for r in scores] == [[1], [1]]  # the dataset's evaluation_labels
     assert [r.dice[1] for r in scores] == [1.0, pytest.approx(0.75)]
+    # an id in no pair's label maps (a typo in evaluation_labels or --labels) is named
+    with pytest.warns(UserWarning, match=r"label id\(s\) 99 scored in no pair"):
+        typo = evaluate_dataset(results, ds, labels=[1, 99])
+    assert [r.dice[1] for r in typo] == [1.0, pytest.approx(0.75)]
 
     out = write_evaluation(scores, tmp_path / "eval")
     assert sorted(p.name for p in out.iterdir()) == [

@@ -8,6 +8,7 @@ The scores themselves come from :func:`maxca.inference.evaluate.evaluate_flow`, 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -152,6 +153,17 @@ def evaluate_dataset(
         out.append(result)
         if on_pair is not None:
             on_pair(i, len(jobs), result)
+    if labels is not None and out:
+        never = [
+            int(k) for k in labels if all(not np.isfinite(r.dice.get(int(k), np.nan)) for r in out)
+        ]
+        if never:
+            warnings.warn(
+                f"label id(s) {', '.join(map(str, never))} scored in no pair (in no label map?): "
+                "left out of every mean",
+                UserWarning,
+                stacklevel=2,
+            )
     return out
 
 
