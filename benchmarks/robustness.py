@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what --refine optimises (default: the model's own similarity)",
     )
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="network passes of every model (as maxca register --passes; default: the model's)",
+    )
     p.add_argument("--ants", action="store_true", help="ANTs SyN (defaults) when installed")
     p.add_argument(
         "--corruptions",
@@ -252,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         methods: list[Method] = [affine_method()]
         for label, path in models:
-            plain = model_method(path, name=label, which=args.which, device=args.device)
+            plain = model_method(
+                path, name=label, which=args.which, device=args.device, passes=args.passes
+            )
             methods.append(plain)
             if args.refine:
                 model, info = load_checkpoint(path, which=args.which)
@@ -265,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         device=args.device,
                         model=model,
                         info=info,
+                        passes=args.passes,
                     )
                 )
     except (OSError, ValueError) as exc:  # MaxcaInputError is a ValueError

@@ -227,6 +227,8 @@ _ONE_PAIR = ["register", "--model", "m", "--fixed", "f", "--moving", "m", "--out
         ["register", "--model", "m", "--dataset", "d.json", "--fixed", "f", "--out", "o"],
         [*_ONE_PAIR, "--refine", "-1"],
         [*_ONE_PAIR, "--refine", "3", "--refine-similarity", "cosine"],
+        [*_ONE_PAIR, "--passes", "0"],
+        [*_ONE_PAIR, "--passes", "two"],
         ["evaluate", "--flow", "x.nii.gz"],
         ["evaluate", "--results", "r"],
         ["frobnicate"],
@@ -285,6 +287,31 @@ def test_refine_similarity_reaches_the_refinement_and_the_record(files, tmp_path
     assert seen[-1]["similarity"] == "mse" and len(seen) == 2 + len(reports)
     record = json.loads((reports[0].out_dir / "registration.json").read_text())
     assert record["refine_similarity"] == "mse"
+
+
+def test_passes_reach_the_network_and_the_record(files, tmp_path, capsys):
+    """``--passes 2`` runs the network twice (one pass, composed with itself, moves further)
+    and records it; a bad value in the library call is refused before anything is written."""
+    flows = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        assert _run([*_register_args(files, out), "--passes", str(n), "--quiet"]) == 0
+        record = json.loads((out / "registration.json").read_text())
+        assert record["passes"] == n
+        flows[n] = np.asarray(nib.load(str(out / "flow_voxel.nii.gz")).dataobj)
+    assert "2 network passes" in capsys.readouterr().out
+    assert np.abs(flows[2] - flows[1]).max() > 1e-3
+    from maxca.app import load_model, register_dataset, register_files
+
+    model, info = load_model(files["run"], "cpu")
+    with pytest.raises(MaxcaInputError, match="passes must be an integer >= 1"):
+        register_files(model, info, files["fixed"], files["moving"], tmp_path / "x", passes=0)
+    with pytest.raises(MaxcaInputError, match="passes must be an integer >= 1"):
+        register_dataset(model, info, files["dataset"], tmp_path / "y", passes=0)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    reports = register_dataset(model, info, files["dataset"], tmp_path / "z", passes=2)
+    record = json.loads((reports[0].out_dir / "registration.json").read_text())
+    assert record["passes"] == 2 and reports[0].passes == 2
 
 
 def test_batch_register_then_evaluate(files, tmp_path, capsys):

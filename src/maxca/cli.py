@@ -192,6 +192,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         "diffeomorphic": True if args.diffeomorphic else None,
         "refine_steps": args.refine,
         "refine_similarity": args.refine_similarity,
+        "passes": args.passes,
         "png": args.png,
         "overwrite": args.overwrite,
         "outputs": args.outputs,
@@ -215,7 +216,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, report.grid_shape))
         spacing = "x".join(f"{s:g}" for s in report.grid_spacing)
         print(f"registered {args.moving} -> {args.fixed}")
-        print(f"  model grid {shape} at {spacing} mm on {report.device}")
+        passes = f", {report.passes} network passes" if report.passes > 1 else ""
+        print(f"  model grid {shape} at {spacing} mm on {report.device}{passes}")
         _print_pair(report)
         _note_dice_fell([report.metrics])
         print(f"  wrote {report.out_dir}: {', '.join(report.files)}")
@@ -451,6 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what --refine optimises (default: the model's own, NCC for the packaged models); "
         "mind (MIND-SSC) for a pair of two different contrasts",
+    )
+    reg.add_argument(
+        "--passes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="run the network N times, each pass on the moving image warped by the passes "
+        "before, and compose the flows (cascaded inference; default 1, or with --refine the "
+        "model's own: 2 for brain)",
     )
     reg.add_argument(
         "--affine",

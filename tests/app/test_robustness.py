@@ -276,3 +276,21 @@ def test_model_method_refines_with_the_similarity_it_is_given(pairs, checkpoint)
         model_method(checkpoint, refine_steps=3, refine_similarity="cosine")
     with pytest.raises(MaxcaInputError, match="refine_similarity needs refine_steps > 0"):
         model_method(checkpoint, refine_similarity="mind")
+
+
+def test_model_method_runs_the_passes_it_is_given(pairs, checkpoint) -> None:
+    """``passes`` reaches ``register_pair`` (the flow equals its two-pass flow, a reference
+    computation, and differs from one pass), names the method, and 0 is refused."""
+    model, info = load_checkpoint(checkpoint, map_location="cpu")
+    p = pairs[0]
+    two = model_method(checkpoint, passes=2)
+    assert two.name == "tiny x2" and model_method(checkpoint, passes=2, refine_steps=1).name == (
+        "tiny x2 +refine 1"
+    )
+    got = np.asarray(two.register(p.fixed, p.moving))
+    ref = register_pair(model, info, p.fixed, p.moving, passes=2).flow
+    np.testing.assert_allclose(got, np.asarray(ref), atol=1e-6)
+    one = np.asarray(model_method(checkpoint).register(p.fixed, p.moving))
+    assert np.abs(got - one).max() > 1e-4
+    with pytest.raises(MaxcaInputError, match="passes must be an integer >= 1"):
+        model_method(checkpoint, passes=0)

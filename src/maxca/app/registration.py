@@ -58,7 +58,13 @@ from maxca.inference.export import (
     write_itk_displacement,
     write_l2r_displacement,
 )
-from maxca.inference.register import RegistrationResult, register_pair, resolve_device, warp_volume
+from maxca.inference.register import (
+    RegistrationResult,
+    check_passes,
+    register_pair,
+    resolve_device,
+    warp_volume,
+)
 from maxca.metrics import PairResult, dice, evaluate_pair, summarize, write_summary
 from maxca.models.checkpoint import CheckpointInfo, load_checkpoint
 from maxca.models.preprocessing import Preprocessing
@@ -132,6 +138,7 @@ class PairReport:
         timings: seconds per stage of the registration itself.
         grid_shape, grid_spacing: the model grid.
         device: where the network ran.
+        passes: how many times the network ran (cascaded inference).
     """
 
     name: str
@@ -144,6 +151,7 @@ class PairReport:
     grid_shape: tuple[int, ...] = ()
     grid_spacing: tuple[float, ...] = ()
     device: str = "cpu"
+    passes: int = 1
 
     @classmethod
     def of(
@@ -167,6 +175,7 @@ class PairReport:
             grid_shape=result.grid.shape,
             grid_spacing=result.grid.spacing,
             device=result.device,
+            passes=result.passes,
         )
 
 
@@ -572,9 +581,11 @@ def _register_checked(
     affine: bool = False,
     precision: str = "fp32",
     similarity: str | None = None,
+    passes: int | None = None,
 ) -> RegistrationResult:
     """:func:`_register` with a bad geometry reported as bad input, not a crash, the
-    ``--refine`` progress bar and the refinement's similarity (``None``: the model's)."""
+    ``--refine`` progress bar, the refinement's similarity (``None``: the model's) and the
+    network passes (``None``: the model's default)."""
     f, m, fl, ml = inputs
     options: dict[str, Any] = {}
     if progress and refine_steps:
@@ -595,6 +606,7 @@ def _register_checked(
             affine,
             options or None,
             precision,
+            passes,
         )
     except np.linalg.LinAlgError as exc:
         raise MaxcaInputError(
@@ -622,10 +634,11 @@ def _register(
     affine: bool,
     refine_options: dict[str, Any] | None = None,
     precision: str = "fp32",
+    passes: int | None = None,
 ) -> RegistrationResult:
     """:func:`register_pair`, after an affine pre-alignment of ``m`` (and ``ml``) to ``f``
     when ``affine`` (:mod:`maxca.inference.affine`); the result then holds the total flow."""
-    opts: dict[str, Any] = {"precision": precision}
+    opts: dict[str, Any] = {"precision": precision, "passes": passes}
     if refine_options:
         opts["refine_options"] = refine_options
     if not affine:
@@ -666,6 +679,7 @@ def register_files(
     progress: bool = False,
     precision: str = "fp32",
     refine_similarity: str | None = None,
+    passes: int | None = None,
 ) -> PairReport:
     """Register one pair of image files and write the results folder ``out``.
 
@@ -692,6 +706,10 @@ def register_files(
         refine_similarity: the similarity that ``refine_steps`` optimise (``"ncc"``,
             ``"mse"`` or ``"mind"``; ``None``: the model's own, NCC for the packaged ones).
             MIND-SSC compares local structure, for pairs of two different contrasts.
+        passes: how many times the network runs, each pass on the moving image warped by the
+            passes before (cascaded inference; ``None``: 1, or with ``refine_steps`` the
+            model's recorded ``refine.passes`` when it has one); see
+            :func:`~maxca.inference.register.register_pair`.
         affine: align the moving image affinely first (SimpleITK, any contrast; for inputs
             that are not roughly aligned); writes ``affine.mat`` and the deformable field too.
 
@@ -706,6 +724,8 @@ def register_files(
         raise MaxcaInputError("--outputs labels needs --moving-labels (the label map to warp)")
     outputs = parse_outputs(outputs)
     check_refine_similarity(refine_similarity)
+    if passes is not None:
+        check_passes(passes)
     check_pair_memory(
         model, info, fixed, moving, moving_labels is not None, refine_steps, max_memory_gb
     )
@@ -721,6 +741,7 @@ def register_files(
         "affine": affine,
         "precision": precision,
         "similarity": refine_similarity,
+        "passes": passes,
     }
     result = _register_checked(model, info, inputs, device, diffeomorphic, refine_steps, **run)
     metrics = pair_metrics(result, labels)
@@ -737,6 +758,7 @@ def register_files(
         "diffeomorphic": bool(diffeomorphic),
         "refine_steps": int(refine_steps),
         "refine_similarity": refine_similarity if refine_steps else None,
+        "passes": result.passes,
         "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
     }
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
@@ -764,6 +786,7 @@ def register_dataset(
     progress: bool = False,
     precision: str = "fp32",
     refine_similarity: str | None = None,
+    passes: int | None = None,
 ) -> list[PairReport]:
     """Register every pair of a Learn2Reg pair list into ``out`` (Learn2Reg submission layout).
 
@@ -776,7 +799,7 @@ def register_dataset(
     Args:
         on_pair: called as ``on_pair(index, total, report)`` after each pair (for progress).
         outputs: as :func:`register_files`, plus ``l2r`` (default: all five).
-        compress, max_memory_gb, progress, precision, refine_similarity: as
+        compress, max_memory_gb, progress, precision, refine_similarity, passes: as
             :func:`register_files` (the memory of every pair is checked before the first one is
             registered).
         affine: affine pre-alignment of every pair (see :func:`register_files`).
@@ -785,6 +808,8 @@ def register_dataset(
     out_path = check_output_dir(out, overwrite)
     outputs = parse_outputs(outputs, dataset=True)
     check_refine_similarity(refine_similarity)
+    if passes is not None:
+        check_passes(passes)
     items = dataset_pairs(ds, pairs)
     for fixed, moving in items:
         has_labels = ds.label_for(fixed) is not None and ds.label_for(moving) is not None
@@ -796,6 +821,7 @@ def register_dataset(
         "affine": affine,
         "precision": precision,
         "similarity": refine_similarity,
+        "passes": passes,
     }
     reports: list[PairReport] = []
     scored: list[PairResult] = []
@@ -832,6 +858,7 @@ def register_dataset(
                 "diffeomorphic": bool(diffeomorphic),
                 "refine_steps": int(refine_steps),
                 "refine_similarity": refine_similarity if refine_steps else None,
+                "passes": result.passes,
                 "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
             }
             files = write_result(result, tmp / name, metrics, png, record, outputs, compress)

@@ -47,7 +47,7 @@ from maxca.data.corruptions import CORRUPTIONS, apply_corruption, severity_level
 # imports from the inference / metrics / checkpoint layers (one place, to repoint when they move)
 from maxca.data.io import Volume, check_same_grid
 from maxca.errors import MaxcaInputError
-from maxca.inference.register import register_pair, warp_volume
+from maxca.inference.register import check_passes, register_pair, warp_volume
 from maxca.metrics import evaluate_pair
 from maxca.models.checkpoint import load_checkpoint
 
@@ -163,6 +163,7 @@ def model_method(
     model: Any = None,
     info: Any = None,
     refine_similarity: str | None = None,
+    passes: int | None = None,
 ) -> Method:
     """A maxca model as a :class:`Method` (:func:`~maxca.inference.register.register_pair`).
 
@@ -178,7 +179,12 @@ def model_method(
         refine_similarity: the similarity the refinement optimises (``"ncc"``, ``"mse"`` or
             ``"mind"``, as ``maxca register --refine-similarity``); ``None``: the model's own.
             Refused without ``refine_steps``, where it would change nothing.
+        passes: network passes (cascaded inference, as ``maxca register --passes``); ``None``:
+            the model's default (1, or its recorded ``refine.passes`` when refining). An
+            explicit value is named in the default name (``LABEL x2``).
     """
+    if passes is not None:
+        check_passes(passes)
     if isinstance(refine_steps, bool) or int(refine_steps) != refine_steps or refine_steps < 0:
         raise MaxcaInputError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
     check_refine_similarity(refine_similarity)
@@ -188,6 +194,8 @@ def model_method(
     if model is None:
         model, info = load_checkpoint(checkpoint, which=which, map_location="cpu")
     label = name or Path(checkpoint).name
+    if name is None and passes is not None:
+        label = f"{label} x{int(passes)}"
     if name is None and refine_steps:
         label = refined_name(label, refine_steps, refine_similarity)
 
@@ -200,6 +208,7 @@ def model_method(
             device=device,
             refine_steps=int(refine_steps),
             refine_options=options,
+            passes=passes,
         )
         return result.flow
 

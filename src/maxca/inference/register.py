@@ -40,12 +40,13 @@ from maxca.data.transforms import normalise_intensity
 from maxca.errors import MaxcaInputError
 from maxca.models.checkpoint import CheckpointInfo
 from maxca.models.preprocessing import Preprocessing
-from maxca.spatial import identity_grid, integrate_velocity
+from maxca.spatial import compose, identity_grid, integrate_velocity, warp
 from maxca.spatial.sample import apply_affine, sample_grid, volume_tensor
 
 __all__ = [
     "ModelGrid",
     "RegistrationResult",
+    "check_passes",
     "index_map",
     "model_grid",
     "model_input",
@@ -278,6 +279,7 @@ class RegistrationResult:
             displacement ``T (x + D(x)) - x`` in fixed voxels.
         deformable_flow: with pre-alignment, the deformable part ``u`` alone (``(d, *S_f)``
             voxels): the chain ``T`` after ``x + A_f u`` equals ``flow``.
+        passes: how many times the network ran (cascaded inference, see :func:`register_pair`).
     """
 
     fixed: Volume
@@ -293,6 +295,7 @@ class RegistrationResult:
     timings: dict[str, float] = field(default_factory=dict)
     affine: np.ndarray | None = None
     deformable_flow: np.ndarray | None = None
+    passes: int = 1
 
     @property
     def displacement_mm(self) -> np.ndarray:
@@ -363,6 +366,14 @@ def _spatial_dims(model: nn.Module, prep: Preprocessing) -> int | None:
     return None if dims is None else int(dims)
 
 
+def check_passes(passes: Any) -> int:
+    """``passes`` as an ``int >= 1`` (network passes of :func:`register_pair`), or
+    :class:`MaxcaInputError`."""
+    if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
+        raise MaxcaInputError(f"passes must be an integer >= 1, got {passes!r}")
+    return int(passes)
+
+
 def register_pair(
     model: nn.Module,
     info: CheckpointInfo | Preprocessing | None,
@@ -375,6 +386,7 @@ def register_pair(
     refine_steps: int = 0,
     refine_options: Mapping[str, Any] | None = None,
     precision: str = "fp32",
+    passes: int | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a trained network, in physical space.
 
@@ -406,6 +418,12 @@ def register_pair(
             bfloat16 autocast (:func:`maxca.accel.precision_context`); the flow, the refinement
             and the resampling stay in float32. docs/benchmarks.md (section 2c) gives its
             accuracy and speed on the validation pairs.
+        passes: how many times the network runs (cascaded inference, ``>= 1``): pass ``k``
+            registers the fixed image with the moving image warped (on the model grid) by the
+            composition of the flows of passes ``1 .. k-1``, and the flows are composed
+            (:func:`maxca.spatial.compose`). Each pass of a diffeomorphic model is
+            diffeomorphic; ``refine_steps`` refine the last pass. ``None``: the record's
+            ``refine`` entry's ``passes`` when refining and it has one, else 1.
 
     Returns:
         a :class:`RegistrationResult` on the fixed grid.
@@ -430,6 +448,20 @@ def register_pair(
     _check_labels(moving, moving_labels, "moving")
     if isinstance(refine_steps, bool) or int(refine_steps) != refine_steps or refine_steps < 0:
         raise MaxcaInputError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
+    options = dict(refine_options or {})
+    recorded = prep.extra.get("refine") if refine_steps else None  # the model's own defaults
+    if recorded is not None:
+        allowed = {"lr", "weights", "similarity", "window", "regularise", "resolution", "passes"}
+        if not isinstance(recorded, Mapping) or set(recorded) - allowed:
+            raise MaxcaInputError(
+                f"checkpoint data.refine must be a mapping with keys among {sorted(allowed)}, "
+                f"got {recorded!r}"
+            )
+        recorded = dict(recorded)
+        recorded_passes = recorded.pop("passes", None)
+        if passes is None and recorded_passes is not None:
+            passes = recorded_passes
+    passes = check_passes(1 if passes is None else passes)
     dev = resolve_device(device)
     autocast = precision_context(precision, dev)  # checks the name before any work
     grid = model_grid(fixed, prep)
@@ -440,33 +472,37 @@ def register_pair(
     model = model.to(dev)
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad(), autocast:
-            out = model(f_grid, m_grid)
-    finally:
-        model.train(was_training)
     config = getattr(model, "config", None)
     model_diffeo = bool(getattr(config, "diffeomorphic", False))
-    int_steps = int(getattr(config, "int_steps", 7))
-    velocity = out.velocity.float() if model_diffeo and out.velocity is not None else None
-    flow = out.flow.detach().float()  # float32 already: the model integrates outside autocast
-    if diffeomorphic and not model_diffeo:
-        velocity = flow
-        int_steps = prep.int_steps
-        flow = integrate_velocity(velocity, int_steps)
+    int_steps = int(getattr(config, "int_steps", 7)) if model_diffeo else prep.int_steps
+
+    def predict(moving_input: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The network's ``(velocity or None, flow)`` for ``moving_input`` onto ``f_grid``."""
+        with torch.no_grad(), autocast:
+            out = model(f_grid, moving_input)
+        velocity = out.velocity.float() if model_diffeo and out.velocity is not None else None
+        flow = out.flow.detach().float()  # float32 already: the model integrates outside autocast
+        if diffeomorphic and not model_diffeo:
+            velocity = flow
+            flow = integrate_velocity(velocity, int_steps)
+        return velocity, flow
+
+    prior: torch.Tensor | None = None  # the composed flow of the passes before the last
+    m_last = m_grid  # the moving image the last pass saw
+    try:
+        velocity, flow = predict(m_grid)
+        for _ in range(passes - 1):
+            prior = flow if prior is None else compose(prior, flow)
+            with torch.no_grad():
+                m_last = warp(m_grid, prior, mode="linear")
+            velocity, flow = predict(m_last)
+    finally:
+        model.train(was_training)
     timings["network"] = time.perf_counter() - t
 
     if refine_steps:
         t = time.perf_counter()
-        options = dict(refine_options or {})
-        recorded = prep.extra.get("refine")  # the model's own refinement defaults, if any
         if recorded is not None:
-            allowed = {"lr", "weights", "similarity", "window", "regularise", "resolution"}
-            if not isinstance(recorded, Mapping) or set(recorded) - allowed:
-                raise MaxcaInputError(
-                    f"checkpoint data.refine must be a mapping with keys among {sorted(allowed)}, "
-                    f"got {recorded!r}"
-                )
             for key, value in recorded.items():
                 options.setdefault(key, value)
         loss_cfg = prep.loss
@@ -480,7 +516,7 @@ def register_pair(
                 options.setdefault("weights", dict(loss_cfg["weights"]))
         flow = refine_flow(
             f_grid,
-            m_grid,
+            m_last,
             flow,
             int(refine_steps),
             velocity=velocity,
@@ -488,6 +524,9 @@ def register_pair(
             **options,
         )
         timings["refine"] = time.perf_counter() - t
+    if prior is not None:
+        with torch.no_grad():
+            flow = compose(prior, flow)
 
     t = time.perf_counter()
     with torch.no_grad():
@@ -512,4 +551,5 @@ def register_pair(
         moving_labels=moving_labels,
         device=str(dev),
         timings=timings,
+        passes=passes,
     )

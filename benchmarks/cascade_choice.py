@@ -1,0 +1,128 @@
+"""Cascaded inference (``register_pair(passes=N)``) and ``--refine`` on tuning pairs.
+
+The packaged ``brain`` model registers a pair in one pass. A second pass registers the fixed
+image with the moving image warped by the first, and the two flows are composed. This script
+scores, on the model grid, the mean Dice over the dataset's evaluation labels (moving label
+map warped by nearest neighbour) and the % of non-positive Jacobian determinants inside the
+fixed brain, for each setting of ``--settings`` (``P`` network passes, ``PrS`` = ``P`` passes
+then ``S`` refinement steps of the last pass, the model's ``refine`` options otherwise), on
+the pairs of ``--pairs`` (``FIXED:MOVING`` subject numbers; the default is the held-out
+subject 14 with training subjects 3, 4 and 5, both ways: never a pair the model card reports).
+Everything goes through :func:`maxca.inference.register_pair`, as ``maxca register`` does
+(without the affine pre-alignment: these pairs are on one grid already).
+
+    python benchmarks/cascade_choice.py --settings 1,2,3,1r25,2r25 --threads 2 \
+        --out benchmarks/results/cascade_choice
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import (
+    REPO,
+    atomic_write_text,
+    brain_benchmark_setup,
+    markdown_table,
+    parse_subject_pairs,
+    write_csv,
+)
+
+
+def parse_setting(text: str) -> tuple[int, int]:
+    """``"2r25"`` -> ``(2, 25)`` (passes, refine steps); ``"3"`` -> ``(3, 0)``."""
+    match = re.fullmatch(r"([1-9][0-9]*)(?:r([0-9]+))?", text.strip())
+    if match is None:
+        raise ValueError(f"a setting is PASSES or PASSESrSTEPS (e.g. 2r25), got {text!r}")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maxca.data.io import read_volume
+    from maxca.inference import register_pair
+    from maxca.inference.register import resample_to_grid
+    from maxca.metrics import njd_percent
+    from maxca.metrics.overlap import dice
+    from maxca.spatial import warp
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--dataset", default=str(REPO.parent / "shared/data/brain-synth-2mm/dataset.json")
+    )
+    p.add_argument("--model", default="brain")
+    p.add_argument("--settings", default="1,2,3,1r25,2r25")
+    p.add_argument("--pairs", default="3:14,4:14,5:14,14:3,14:4,14:5")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/cascade_choice"))
+    args = p.parse_args(argv)
+    try:
+        settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
+    except ValueError as exc:
+        p.error(str(exc))
+    pairs = parse_subject_pairs(p, args.pairs)
+    env = brain_benchmark_setup(args.dataset, args.model, args.threads)
+    ds, root, labels, model, info = env.ds, env.root, env.labels, env.model, env.info
+
+    def read(sub: int, kind: str):  # noqa: ANN202
+        folder = {"image": "imagesTr", "label": "labelsTr", "mask": "masksTr"}[kind]
+        path = root / folder / f"{ds.name}_{sub:04d}_0000.nii.gz"
+        return read_volume(path, "image" if kind == "image" else "label")
+
+    rows = []
+    for f, m in pairs:
+        F, M = read(f, "image"), read(m, "image")
+        f_lab_vol, m_lab_vol, mask_vol = read(f, "label"), read(m, "label"), read(f, "mask")
+        pair = f"{f:04d}_{m:04d}"
+        for passes, steps in settings:
+            t0 = time.perf_counter()
+            res = register_pair(model, info, F, M, refine_steps=steps, passes=passes)
+            seconds = time.perf_counter() - t0
+            grid = res.grid
+            f_lab = resample_to_grid(f_lab_vol, grid, "label")[0, 0].numpy()
+            m_lab = resample_to_grid(m_lab_vol, grid, "label").float()
+            brain = resample_to_grid(mask_vol, grid, "label")[0, 0].numpy() > 0
+            warped = warp(m_lab, res.grid_flow, mode="nearest")[0, 0].numpy()
+            d = float(np.nanmean(list(dice(f_lab, warped, labels).values())))
+            n = njd_percent(res.grid_flow[0].numpy(), brain)
+            setting = f"{passes}" + (f"r{steps}" if steps else "")
+            rows.append({"pair": pair, "setting": setting, "passes": passes,
+                         "refine_steps": steps, "dice": d, "njd_brain": n,
+                         "seconds": seconds})  # fmt: skip
+            print(f"{pair} {setting}: Dice {d:.4f}  NJD {n:.4f} %  {seconds:.1f} s", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "cascade_choice.csv", rows, list(rows[0]))
+    base = {r["pair"]: r["dice"] for r in rows if r["setting"] == "1"}
+    table = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        sel = [r for r in rows if r["setting"] == setting]
+        gain = [r["dice"] - base[r["pair"]] for r in sel if r["pair"] in base]
+        table.append([
+            setting, f"{np.mean([r['dice'] for r in sel]):.4f}",
+            f"{np.mean(gain):+.4f}" if gain else "",
+            " / ".join(f"{r['dice']:.4f}" for r in sel),
+            f"{np.mean([r['njd_brain'] for r in sel]):.4f}",
+            f"{np.mean([r['seconds'] for r in sel]):.1f}",
+        ])  # fmt: skip
+    names = ", ".join(dict.fromkeys(r["pair"] for r in rows))
+    text = (
+        f"Model {args.model}; pairs (fixed_moving) {names}; "
+        f"{args.threads} thread(s); Dice on the model grid; setting P = P network passes, "
+        "PrS = then S refinement steps.\n\n"
+        + markdown_table(
+            ["setting", "mean Dice", "vs 1 pass", "per pair", "NJD % in brain", "s / pair"], table
+        )
+    )
+    atomic_write_text(out / "cascade_choice.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
