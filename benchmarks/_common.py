@@ -335,6 +335,19 @@ def brain_benchmark_setup(dataset: str, model_name: str, threads: int) -> Simple
     )
 
 
+SUBJECT_FOLDERS = {"image": "imagesTr", "label": "labelsTr", "mask": "masksTr"}
+
+
+def subject_volume(env: SimpleNamespace, sub: int, kind: str) -> Any:
+    """Subject ``sub``'s image, label map or brain mask (``kind``: ``"image"``, ``"label"``,
+    ``"mask"``) of the dataset of :func:`brain_benchmark_setup`, as a
+    :class:`~maxca.data.io.Volume` (label maps and masks read as labels)."""
+    from maxca.data.io import read_volume
+
+    path = env.root / SUBJECT_FOLDERS[kind] / f"{env.ds.name}_{sub:04d}_0000.nii.gz"
+    return read_volume(path, "image" if kind == "image" else "label")
+
+
 # ---------------------------------------------------------------------------------------------
 # validation pairs and scoring
 # ---------------------------------------------------------------------------------------------

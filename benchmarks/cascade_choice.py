@@ -30,6 +30,7 @@ from _common import (
     brain_benchmark_setup,
     markdown_table,
     parse_subject_pairs,
+    subject_volume,
     write_csv,
 )
 
@@ -43,7 +44,6 @@ def parse_setting(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maxca.data.io import read_volume
     from maxca.inference import register_pair
     from maxca.inference.register import resample_to_grid
     from maxca.metrics import njd_percent
@@ -66,12 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     pairs = parse_subject_pairs(p, args.pairs)
     env = brain_benchmark_setup(args.dataset, args.model, args.threads)
-    ds, root, labels, model, info = env.ds, env.root, env.labels, env.model, env.info
+    labels, model, info = env.labels, env.model, env.info
 
     def read(sub: int, kind: str):  # noqa: ANN202
-        folder = {"image": "imagesTr", "label": "labelsTr", "mask": "masksTr"}[kind]
-        path = root / folder / f"{ds.name}_{sub:04d}_0000.nii.gz"
-        return read_volume(path, "image" if kind == "image" else "label")
+        return subject_volume(env, sub, kind)
 
     rows = []
     for f, m in pairs:

@@ -51,6 +51,7 @@ from _common import (
     brain_benchmark_setup,
     markdown_table,
     parse_subject_pairs,
+    subject_volume,
     write_csv,
 )
 
@@ -100,7 +101,7 @@ CONFIGS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maxca.data.io import Volume, read_volume
+    from maxca.data.io import Volume
     from maxca.data.labelsynth import T2_LIKE, fixed_contrast_image
     from maxca.inference.refine import refine_flow
     from maxca.inference.register import model_grid, model_input, resample_to_grid
@@ -140,14 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.every < 1 or args.steps % args.every:
         raise SystemExit("--steps and --every must be >= 1, --steps a multiple of --every")
     env = brain_benchmark_setup(args.dataset, args.model, args.threads)
-    ds, root, labels, model, prep = env.ds, env.root, env.labels, env.model, env.prep
+    labels, model, prep = env.labels, env.model, env.prep
     loss = dict(prep.loss or {})
     int_steps = env.int_steps
 
     def read(sub: int, kind: str) -> Volume:
-        folder = {"image": "imagesTr", "label": "labelsTr", "mask": "masksTr"}[kind]
-        path = root / folder / f"{ds.name}_{sub:04d}_0000.nii.gz"
-        return read_volume(path, "image" if kind == "image" else "label")
+        return subject_volume(env, sub, kind)
 
     rows = []
     if args.pairs:
