@@ -335,6 +335,17 @@ def brain_benchmark_setup(dataset: str, model_name: str, threads: int) -> Simple
     )
 
 
+def write_table_report(
+    path: Path, preamble: str, header: Sequence[str], table: Sequence[Sequence[Any]]
+) -> str:
+    """Write ``preamble``, a blank line and the Markdown table of ``header``/``table`` to
+    ``path`` (atomically), print it, and return the text."""
+    text = preamble + "\n\n" + markdown_table(list(header), [list(r) for r in table])
+    atomic_write_text(path, text)
+    print(text)
+    return text
+
+
 SUBJECT_FOLDERS = {"image": "imagesTr", "label": "labelsTr", "mask": "masksTr"}
 
 

@@ -26,12 +26,11 @@ import numpy as np
 
 from _common import (
     REPO,
-    atomic_write_text,
     brain_benchmark_setup,
-    markdown_table,
     parse_subject_pairs,
     subject_volume,
     write_csv,
+    write_table_report,
 )
 
 
@@ -109,16 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.mean([r['seconds'] for r in sel]):.1f}",
         ])  # fmt: skip
     names = ", ".join(dict.fromkeys(r["pair"] for r in rows))
-    text = (
-        f"Model {args.model}; pairs (fixed_moving) {names}; "
-        f"{args.threads} thread(s); Dice on the model grid; setting P = P network passes, "
-        "PrS = then S refinement steps.\n\n"
-        + markdown_table(
-            ["setting", "mean Dice", "vs 1 pass", "per pair", "NJD % in brain", "s / pair"], table
-        )
+    write_table_report(
+        out / "cascade_choice.md",
+        f"Model {args.model}; pairs (fixed_moving) {names}; {args.threads} thread(s); Dice on the "
+        "model grid; setting P = P network passes, PrS = then S refinement steps.",
+        ["setting", "mean Dice", "vs 1 pass", "per pair", "NJD % in brain", "s / pair"],
+        table,
     )
-    atomic_write_text(out / "cascade_choice.md", text)
-    print(text)
     return 0
 
 

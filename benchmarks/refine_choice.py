@@ -47,12 +47,11 @@ import torch
 
 from _common import (
     REPO,
-    atomic_write_text,
     brain_benchmark_setup,
-    markdown_table,
     parse_subject_pairs,
     subject_volume,
     write_csv,
+    write_table_report,
 )
 
 
@@ -224,16 +223,14 @@ def main(argv: list[str] | None = None) -> int:
                 " / ".join(f"{r['dice']:.4f}" for r in at),
                 f"{np.mean([r['njd_brain'] for r in at]):.4f}",
             ])  # fmt: skip
-    text = (
-        f"Model {args.model}; moving contrast {args.moving_contrast}; "
-        f"pairs (fixed_moving) {', '.join(sorted({r['pair'] for r in rows}))}; "
-        f"{args.threads} thread(s); Dice on the model grid.\n\n"
-        + markdown_table(
-            ["config", "step", "mean Dice", "vs network", "per pair", "NJD % in brain"], table
-        )
+    names = ", ".join(sorted({r["pair"] for r in rows}))
+    write_table_report(
+        out / "refine_choice.md",
+        f"Model {args.model}; moving contrast {args.moving_contrast}; pairs (fixed_moving) "
+        f"{names}; {args.threads} thread(s); Dice on the model grid.",
+        ["config", "step", "mean Dice", "vs network", "per pair", "NJD % in brain"],
+        table,
     )
-    atomic_write_text(out / "refine_choice.md", text)
-    print(text)
     return 0
 
 

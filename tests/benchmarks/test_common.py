@@ -183,3 +183,10 @@ def test_parse_subject_pairs_known_answer_and_errors(capsys) -> None:  # noqa: A
             parse_subject_pairs(p, bad)
         assert info.value.code == 2
         assert "--pairs must be FIXED:MOVING" in capsys.readouterr().err
+
+
+def test_write_table_report_writes_and_returns_the_same_text(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "report.md"
+    text = _common.write_table_report(path, "Model m; 2 pairs.", ["name", "Dice"], [["a", "0.5"]])
+    assert text == "Model m; 2 pairs.\n\n| name | Dice |\n| :--- | ---: |\n| a | 0.5 |\n"
+    assert path.read_text() == text and text in capsys.readouterr().out
