@@ -359,6 +359,40 @@ def subject_volume(env: SimpleNamespace, sub: int, kind: str) -> Any:
     return read_volume(path, "image" if kind == "image" else "label")
 
 
+class GridScorer:
+    """Scores flows of one brain pair on a model grid: the fixed and moving label maps and the
+    fixed brain mask of subjects ``fixed``/``moving`` (:func:`subject_volume`) resampled onto
+    ``grid`` (nearest neighbour).
+
+    ``scorer(flow)`` with ``flow`` ``(1, 3, *grid.shape)`` voxels returns ``(dice, njd)``: the
+    mean Dice over ``env.labels`` of the moving label map warped by nearest neighbour, and the
+    % of non-positive Jacobian determinants inside the fixed brain (``brain``, a boolean
+    ``grid.shape`` array)."""
+
+    def __init__(self, env: SimpleNamespace, fixed: int, moving: int, grid: Any) -> None:
+        from maxca.inference.register import resample_to_grid
+
+        def on_grid(sub: int, kind: str) -> Any:
+            return resample_to_grid(subject_volume(env, sub, kind), grid, "label")
+
+        self.labels = env.labels
+        self.fixed_labels = on_grid(fixed, "label")[0, 0].numpy()
+        self.moving_labels = on_grid(moving, "label").float()
+        self.brain = on_grid(fixed, "mask")[0, 0].numpy() > 0
+
+    def __call__(self, flow: Any) -> tuple[float, float]:
+        import torch
+
+        from maxca.metrics import njd_percent
+        from maxca.metrics.overlap import dice
+        from maxca.spatial import warp
+
+        with torch.no_grad():
+            warped = warp(self.moving_labels, flow, mode="nearest")[0, 0].numpy()
+        d = float(np.nanmean(list(dice(self.fixed_labels, warped, self.labels).values())))
+        return d, njd_percent(flow[0].detach().numpy(), self.brain)
+
+
 # ---------------------------------------------------------------------------------------------
 # validation pairs and scoring
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 
 from _common import (
     REPO,
+    GridScorer,
     brain_benchmark_setup,
     parse_subject_pairs,
     subject_volume,
@@ -44,10 +45,6 @@ def parse_setting(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     from maxca.inference import register_pair
-    from maxca.inference.register import resample_to_grid
-    from maxca.metrics import njd_percent
-    from maxca.metrics.overlap import dice
-    from maxca.spatial import warp
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -65,27 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     pairs = parse_subject_pairs(p, args.pairs)
     env = brain_benchmark_setup(args.dataset, args.model, args.threads)
-    labels, model, info = env.labels, env.model, env.info
-
-    def read(sub: int, kind: str):  # noqa: ANN202
-        return subject_volume(env, sub, kind)
+    model, info = env.model, env.info
 
     rows = []
     for f, m in pairs:
-        F, M = read(f, "image"), read(m, "image")
-        f_lab_vol, m_lab_vol, mask_vol = read(f, "label"), read(m, "label"), read(f, "mask")
+        F, M = subject_volume(env, f, "image"), subject_volume(env, m, "image")
         pair = f"{f:04d}_{m:04d}"
+        score = None
         for passes, steps in settings:
             t0 = time.perf_counter()
             res = register_pair(model, info, F, M, refine_steps=steps, passes=passes)
             seconds = time.perf_counter() - t0
-            grid = res.grid
-            f_lab = resample_to_grid(f_lab_vol, grid, "label")[0, 0].numpy()
-            m_lab = resample_to_grid(m_lab_vol, grid, "label").float()
-            brain = resample_to_grid(mask_vol, grid, "label")[0, 0].numpy() > 0
-            warped = warp(m_lab, res.grid_flow, mode="nearest")[0, 0].numpy()
-            d = float(np.nanmean(list(dice(f_lab, warped, labels).values())))
-            n = njd_percent(res.grid_flow[0].numpy(), brain)
+            score = score or GridScorer(env, f, m, res.grid)  # the grid is the pair's
+            d, n = score(res.grid_flow)
             setting = f"{passes}" + (f"r{steps}" if steps else "")
             rows.append({"pair": pair, "setting": setting, "passes": passes,
                          "refine_steps": steps, "dice": d, "njd_brain": n,

@@ -32,10 +32,12 @@ import torch
 
 from _common import (
     REPO,
+    GridScorer,
     atomic_write_text,
     brain_benchmark_setup,
     markdown_table,
     parse_subject_pairs,
+    subject_volume,
     write_csv,
 )
 
@@ -43,11 +45,9 @@ VARIANTS = ("network", "reverse inverted", "average with reverse", "average with
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maxca.data.io import read_volume
-    from maxca.inference.register import model_grid, model_input, resample_to_grid
-    from maxca.metrics import inverse_consistency_error, njd_percent
-    from maxca.metrics.overlap import dice
-    from maxca.spatial import integrate_velocity, warp
+    from maxca.inference.register import model_grid, model_input
+    from maxca.metrics import inverse_consistency_error
+    from maxca.spatial import integrate_velocity
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -60,19 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pairs = parse_subject_pairs(p, args.pairs)
     env = brain_benchmark_setup(args.dataset, args.model, args.threads)
-    model, prep, labels, int_steps = env.model, env.prep, env.labels, env.int_steps
-
-    def read(sub: int, folder: str, kind: str):  # noqa: ANN202
-        return read_volume(env.root / folder / f"{env.ds.name}_{sub:04d}_0000.nii.gz", kind)
+    model, prep, int_steps = env.model, env.prep, env.int_steps
 
     rows = []
     for f, m in pairs:
-        F, M = read(f, "imagesTr", "image"), read(m, "imagesTr", "image")
+        F, M = subject_volume(env, f, "image"), subject_volume(env, m, "image")
         grid = model_grid(F, prep)
         fg, mg = model_input(F, grid, prep), model_input(M, grid, prep)
-        f_lab = resample_to_grid(read(f, "labelsTr", "label"), grid, "label")[0, 0].numpy()
-        m_lab = resample_to_grid(read(m, "labelsTr", "label"), grid, "label").float()
-        brain = resample_to_grid(read(f, "masksTr", "label"), grid, "label")[0, 0].numpy() > 0
+        score = GridScorer(env, f, m, grid)
+        brain = score.brain
         t0 = time.perf_counter()
         with torch.no_grad():
             v_ab = model(fg, mg).velocity.float()
@@ -91,13 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         ice = inverse_consistency_error(flows["network"][0], reverse[0], brain, spacing)
         pair = f"{f:04d}_{m:04d}"
         for name in VARIANTS:
-            with torch.no_grad():
-                warped = warp(m_lab, flows[name], mode="nearest")[0, 0].numpy()
+            d, n = score(flows[name])
             row = {
                 "pair": pair,
                 "variant": name,
-                "dice": float(np.nanmean(list(dice(f_lab, warped, labels).values()))),
-                "njd_brain": njd_percent(flows[name][0].numpy(), brain),
+                "dice": d,
+                "njd_brain": n,
                 "ice_mm": ice if name == "network" else "",
             }
             rows.append(row)

@@ -47,6 +47,7 @@ import torch
 
 from _common import (
     REPO,
+    GridScorer,
     brain_benchmark_setup,
     parse_subject_pairs,
     subject_volume,
@@ -103,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     from maxca.data.io import Volume
     from maxca.data.labelsynth import T2_LIKE, fixed_contrast_image
     from maxca.inference.refine import refine_flow
-    from maxca.inference.register import model_grid, model_input, resample_to_grid
-    from maxca.metrics import njd_percent
-    from maxca.metrics.overlap import dice
-    from maxca.spatial import integrate_velocity, warp
+    from maxca.inference.register import model_grid, model_input
+    from maxca.spatial import integrate_velocity
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.every < 1 or args.steps % args.every:
         raise SystemExit("--steps and --every must be >= 1, --steps a multiple of --every")
     env = brain_benchmark_setup(args.dataset, args.model, args.threads)
-    labels, model, prep = env.labels, env.model, env.prep
+    model, prep = env.model, env.prep
     loss = dict(prep.loss or {})
     int_steps = env.int_steps
 
@@ -161,18 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         grid = model_grid(F, prep)
 
         fg, mg = model_input(F, grid, prep), model_input(M, grid, prep)
-        f_lab = resample_to_grid(read(f, "label"), grid, "label")[0, 0].numpy()
-        m_lab = resample_to_grid(read(m, "label"), grid, "label").float()
-        brain = resample_to_grid(read(f, "mask"), grid, "label")[0, 0].numpy() > 0
+        scorer = GridScorer(env, f, m, grid)
         with torch.no_grad():
             v0 = model(fg, mg).velocity.float()
 
-        def score(velocity: torch.Tensor, f_lab=f_lab, m_lab=m_lab, brain=brain) -> tuple:  # noqa: ANN001
+        def score(velocity: torch.Tensor, scorer=scorer) -> tuple:  # noqa: ANN001
             with torch.no_grad():
-                flow = integrate_velocity(velocity, int_steps)
-                warped = warp(m_lab, flow, mode="nearest")[0, 0].numpy()
-            d = float(np.nanmean(list(dice(f_lab, warped, labels).values())))
-            return d, njd_percent(flow[0].numpy(), brain)
+                return scorer(integrate_velocity(velocity, int_steps))
 
         d0, n0 = score(v0)
         pair = f"{f:04d}_{m:04d}"
