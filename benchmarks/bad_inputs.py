@@ -165,6 +165,20 @@ def _nan_voxels(root: Path) -> list[str]:
     return _register(root, moving=_save(root / "nan.nii.gz", image))
 
 
+def _beyond_float32(root: Path) -> list[str]:
+    image = _blob().astype(np.float64) * 1e40  # finite in the file, not in float32
+    return _register(root, moving=_save(root / "huge.nii.gz", image))
+
+
+def _bad_unit(root: Path) -> list[str]:
+    path = _save(root / "unit.nii.gz", _blob(1.0))
+    image = nib.load(str(path))
+    header = image.header.copy()
+    header["xyzt_units"] = 5  # spatial unit codes are 0-3
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine, header), str(path))
+    return _register(root, moving=path)
+
+
 def _four_d(root: Path) -> list[str]:
     return _register(root, moving=_save(root / "4d.nii.gz", np.zeros((*SHAPE, 2), np.float32)))
 
@@ -247,6 +261,8 @@ CASES = [
     Case("missing moving image", lambda r: _register(r, moving=r / "no-such.nii.gz")),
     Case("corrupt .nii.gz (bad gzip stream)", _corrupt),
     Case("NaN voxel in the moving image", _nan_voxels),
+    Case("float64 moving image with values beyond the float32 range", _beyond_float32),
+    Case("moving image with an undefined NIfTI spatial unit code", _bad_unit),
     Case("4-D moving image", _four_d),
     Case("2-D images for a 3-D model", _two_d),
     Case("moving labels on another grid than the moving image", _label_grid),

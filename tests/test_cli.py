@@ -162,6 +162,41 @@ def test_register_one_pair(files, tmp_path, capsys):
     assert (tmp_path / "fig.png").stat().st_size > 0
 
 
+def test_show_refuses_an_input_replaced_after_the_registration(files, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    copies = {}
+    for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        copies[role] = tmp_path / files[role].name
+        shutil.copyfile(files[role], copies[role])
+    out = tmp_path / "res"
+    assert _run(_register_args(files, out, **copies)) == 0
+    record = json.loads((out / "registration.json").read_text())
+    for role, path in copies.items():  # reference: hashlib over the whole file
+        data = path.read_bytes()
+        assert record["input_fingerprints"][role] == {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    assert _run(["show", out]) == 0
+    # another scan saved under the moving image's name: the figure would show the wrong image
+    original = copies["moving"].read_bytes()
+    shutil.copyfile(files["fixed"], copies["moving"])
+    capsys.readouterr()
+    assert _run(["show", out, "--out", tmp_path / "new.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "moving input changed after this registration" in err
+    assert not (tmp_path / "new.png").exists()
+    copies["moving"].write_bytes(original)  # the same content again (a copy, new mtime): fine
+    assert _run(["show", out, "--out", tmp_path / "new.png"]) == 0
+    # a folder written before fingerprints were recorded is drawn as before
+    del record["input_fingerprints"]
+    (out / "registration.json").write_text(json.dumps(record))
+    shutil.copyfile(files["fixed"], copies["moving"])
+    assert _run(["show", out, "--out", tmp_path / "old.png"]) == 0
+
+
 def _corrupt(root: Path) -> Path:
     path = root / "corrupt.nii.gz"
     path.write_bytes(b"\x1f\x8b not really gzip")

@@ -108,6 +108,32 @@ def test_evaluate_files_l2r_and_voxel_flow(tmp_path):
         evaluate_files(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", tmp_path / "disp_bad.nii.gz")
 
 
+def test_a_disp_file_with_another_grid_in_its_header_is_scored_with_a_warning(tmp_path):
+    """Learn2Reg disp_* files carry no geometry (identity affine): scored silently. One whose
+    header holds a grid other than the fixed labels' is scored the same way, with a warning."""
+    import warnings
+
+    fixed, moving = _maps()
+    nib.save(nib.Nifti1Image(fixed, AFF), str(tmp_path / "f.nii.gz"))
+    nib.save(nib.Nifti1Image(moving, AFF), str(tmp_path / "m.nii.gz"))
+    shifted = AFF.copy()
+    shifted[:3, 3] += 50.0
+    results = {}
+    for name, affine in (("same", AFF), ("identity", np.eye(4)), ("other", shifted)):
+        path = write_l2r_displacement(tmp_path / f"disp_{name}.nii.gz", _shift(1.0), affine)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results[name] = evaluate_files(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", path)
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if name == "other":
+            assert (
+                len(messages) == 1 and "has another affine than the fixed label map" in messages[0]
+            )
+        else:
+            assert messages == []
+    assert results["other"].dice == results["same"].dice == results["identity"].dice
+
+
 def _dataset(root):
     fixed, moving = _maps()
     for sub in ("imagesTr", "labelsTr"):

@@ -271,3 +271,75 @@ def test_a_complex_nifti_is_refused_not_silently_cast(tmp_path: Path, kind: str)
         warnings.simplefilter("error")  # and no raw ComplexWarning on the way
         with pytest.raises(MaxcaInputError, match=rf"complex-valued {kind} \(complex64\)"):
             read_volume(path, kind)
+
+
+def test_float64_beyond_float32_range_is_named_not_called_nan(tmp_path: Path) -> None:
+    arr = np.zeros((3, 4, 5), np.float64)
+    arr[1, 1, 1] = 1e40
+    arr[2, 2, 2] = -5e39
+    path = write_nifti(tmp_path / "huge.nii.gz", arr)
+    with pytest.raises(
+        MaxcaInputError,
+        match=r"huge\.nii\.gz: image has 2 voxel\(s\) beyond the "
+        r"float32 range \(\|value\| up to 1e\+40",
+    ):
+        read_volume(path)
+    arr[1, 1, 1] = np.nan  # a real NaN next to an overflow: the overflow is still the one named
+    with pytest.raises(MaxcaInputError, match=r"1 voxel\(s\) beyond the float32 range"):
+        read_volume(write_nifti(tmp_path / "both.nii.gz", arr))
+    # the same from an ITK format (SimpleITK reads float64 as float64)
+    mha = tmp_path / "huge.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.where(np.isnan(arr), 0, arr)), str(mha))
+    with pytest.raises(MaxcaInputError, match=r"huge\.mha: image has 1 voxel\(s\) beyond the"):
+        read_volume(mha)
+    arr[2, 2, 2] = 3e38  # within float32: read, value kept
+    vol = read_volume(write_nifti(tmp_path / "nan.nii.gz", np.where(np.isnan(arr), 0, arr)))
+    assert vol.array.dtype == np.float32 and vol.array[2, 2, 2] == np.float32(3e38)
+
+
+@pytest.mark.parametrize(("unit", "scale"), [("meter", 1000.0), ("micron", 1e-3), ("mm", 1.0)])
+def test_nifti_units_are_converted_to_mm_as_itk_does(
+    tmp_path: Path, unit: str, scale: float
+) -> None:
+    stored = oblique_affine()
+    stored[:3, :] /= scale  # the same grid, written in `unit`
+    img = nib.Nifti1Image(np.arange(60, dtype=np.float32).reshape(3, 4, 5), stored)
+    img.header.set_xyzt_units(unit, "sec")
+    path = tmp_path / f"{unit}.nii.gz"
+    nib.save(img, str(path))
+    vol = read_volume(path)
+    np.testing.assert_allclose(vol.affine, oblique_affine(), atol=1e-9 * max(1.0, 1 / scale))
+    # reference: SimpleITK's own reading of the same file (ITK converts the unit to mm)
+    _, itk_affine, _ = mio._read_sitk(path, "image")
+    np.testing.assert_allclose(vol.affine, itk_affine, rtol=1e-5, atol=1e-4)
+    assert vol.header.get_xyzt_units() == ("mm", "sec")
+    # an output written like it is in mm, at the same place: read back by nibabel unchanged
+    out = write_volume(tmp_path / "out.nii.gz", vol.array, like=vol)
+    back = nib.load(str(out))
+    assert back.header.get_xyzt_units()[0] == "mm"
+    np.testing.assert_allclose(back.affine, oblique_affine(), atol=1e-4)
+
+
+def test_unknown_units_read_as_mm_and_a_time_unit_is_refused(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.float32), oblique_affine())
+    img.header.set_xyzt_units("unknown", "unknown")
+    np.testing.assert_allclose(
+        read_volume(write_nifti_img(img, tmp_path / "u.nii")).affine, oblique_affine()
+    )
+    img.header["xyzt_units"] = 8 + 5  # seconds, and a spatial code that NIfTI does not define
+    with pytest.raises(MaxcaInputError, match=r"t\.nii: NIfTI spatial unit code 5 is not a known"):
+        read_volume(write_nifti_img(img, tmp_path / "t.nii"))
+
+
+def write_nifti_img(img: nib.Nifti1Image, path: Path) -> Path:
+    nib.save(img, str(path))
+    return path
+
+
+def test_vector_field_in_metres_is_refused(tmp_path: Path) -> None:
+    path = write_vector_field(tmp_path / "v.nii.gz", np.zeros((3, 4, 5, 3), np.float32), np.eye(4))
+    img = nib.load(str(path))
+    img.header.set_xyzt_units("meter")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(path))
+    with pytest.raises(MaxcaInputError, match=r"v\.nii\.gz: vector field stored in 'meter' units"):
+        read_vector_field(path)

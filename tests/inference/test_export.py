@@ -127,6 +127,20 @@ def test_l2r_displacement_layout_and_name(tmp_path):
     np.testing.assert_allclose(back_aff, aff)
 
 
+def test_l2r_displacement_grid_in_metres_is_read_in_mm(tmp_path):
+    """Voxel displacements have no unit; the grid's affine is converted to mm (as ITK does)."""
+    aff = lia_affine()
+    flow = np.random.default_rng(1).normal(size=(3, *SHAPE)).astype(np.float32)
+    metres = aff.copy()
+    metres[:3, :] /= 1000.0
+    img = nib.Nifti1Image(np.moveaxis(flow, 0, -1), metres)
+    img.header.set_xyzt_units("meter")
+    nib.save(img, str(tmp_path / "disp_0001_0002.nii.gz"))
+    back, back_aff = read_voxel_flow(tmp_path / "disp_0001_0002.nii.gz")
+    np.testing.assert_allclose(back, flow, atol=1e-6)  # values untouched
+    np.testing.assert_allclose(back_aff, aff, atol=1e-6)
+
+
 def test_case_ids():
     assert l2r_case_id("OASIS_0395_0000.nii.gz") == "0395"
     assert l2r_case_id("a/b/LungCT_0001_0001.nii") == "0001"

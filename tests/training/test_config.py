@@ -10,6 +10,7 @@ import yaml
 from maxca.errors import MaxcaInputError
 from maxca.training.config import (
     ExperimentConfig,
+    _read_yaml,
     apply_overrides,
     config_from_dict,
     load_config,
@@ -122,6 +123,32 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("model: [unclosed\n")
     with pytest.raises(MaxcaInputError, match="invalid YAML"):
         load_config(bad)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("optim:\n  lr: 1.0e-4\n  weight_decay: 0\n  lr: 1.0e-2\n")
+    with pytest.raises(
+        MaxcaInputError, match=r"twice\.yaml: key 'lr' given twice \(lines 2 and 4\)"
+    ):
+        load_config(path)
+    path.write_text("model: {name: unet, name: pyramid}\n")  # flow style, one line
+    with pytest.raises(MaxcaInputError, match=r"key 'name' given twice \(lines 1 and 1\)"):
+        load_config(path)
+    path.write_text("optim:\n  lr: 1.0e-4\noptim:\n  lr: 1.0e-3\n")  # a whole section twice
+    with pytest.raises(MaxcaInputError, match=r"key 'optim' given twice \(lines 1 and 3\)"):
+        load_config(path)
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
+    """YAML's ``<<`` merge brings keys in that the mapping itself may then set: not a duplicate."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "x-common: &common {lr: 1.0e-4, weight_decay: 0.5}\noptim:\n  <<: *common\n  lr: 3.0e-4\n"
+    )
+    raw = _read_yaml(path)
+    assert raw["optim"] == {"lr": 3.0e-4, "weight_decay": 0.5}
+    assert yaml.safe_load(path.read_text()) == raw  # same as PyYAML's own loader here
 
 
 def test_relative_data_path_falls_back_to_config_folder(tmp_path: Path, monkeypatch) -> None:

@@ -79,12 +79,20 @@ def evaluate_files(
                 f"({fixed_labels}, {moving_labels})"
             )
     u, flow_affine = read_voxel_flow(flow)
-    if _written_by_maxca(flow) and not np.allclose(flow_affine, fixed.affine, atol=1e-3):
-        # (Learn2Reg disp_* files often carry an identity affine: only maxca's own flow, which
-        # records the fixed grid it was computed on, can be checked)
+    same_grid = np.allclose(flow_affine, fixed.affine, atol=1e-3)
+    if _written_by_maxca(flow) and not same_grid:
         raise MaxcaInputError(
             f"{flow} was computed on another grid than the fixed label map {fixed_labels} "
             "(the affines differ): give the fixed labels of that registration"
+        )
+    if not same_grid and not np.allclose(flow_affine, np.eye(4), atol=1e-6):
+        # Learn2Reg disp_* files carry no geometry by convention (often an identity affine) and
+        # are scored as on the fixed grid; one whose header holds another grid is suspicious
+        warnings.warn(
+            f"{flow} has another affine than the fixed label map {fixed_labels}: scored as a "
+            "displacement on the fixed grid (the Learn2Reg convention), check that it is",
+            UserWarning,
+            stacklevel=2,
         )
     if u.shape[0] != fixed.ndim:
         raise MaxcaInputError(

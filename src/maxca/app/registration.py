@@ -27,6 +27,7 @@ Scores come from :func:`maxca.metrics.evaluate_pair`, the one scoring path of ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -299,6 +300,41 @@ def _moving_labels_on_fixed_grid(result: RegistrationResult) -> np.ndarray:
 
 def _inputs_record(paths: dict[str, Path | None]) -> dict[str, str | None]:
     return {k: (str(Path(v).resolve()) if v is not None else None) for k, v in paths.items()}
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file's content (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _fingerprints(paths: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The content fingerprint of each given input (recorded so that ``maxca show`` can tell
+    when an input file was replaced after the registration)."""
+    return {k: file_fingerprint(v) for k, v in paths.items() if v is not None}
+
+
+def _check_unchanged(record: dict[str, Any], record_path: Path) -> None:
+    """Refuse inputs whose content differs from the one registered (``input_fingerprints`` of
+    ``registration.json``; folders written before it was recorded are not checked)."""
+    recorded = record.get("input_fingerprints") or {}
+    if not isinstance(recorded, dict):
+        raise MaxcaInputError(f"{record_path}: unreadable input_fingerprints")
+    for role, path in (record.get("inputs") or {}).items():
+        want = recorded.get(role)
+        if not path or not isinstance(want, dict) or not Path(path).is_file():
+            continue  # a missing file is reported by its reader
+        have = file_fingerprint(path)
+        if have != {"size": want.get("size"), "sha256": want.get("sha256")}:
+            raise MaxcaInputError(
+                f"{path}: the {role.replace('_', ' ')} input changed after this registration "
+                f"(content differs from the one recorded in {record_path.name}); register again"
+            )
 
 
 def write_result(
@@ -730,6 +766,13 @@ def register_files(
         model, info, fixed, moving, moving_labels is not None, refine_steps, max_memory_gb
     )
     inputs = _read_inputs(fixed, moving, fixed_labels, moving_labels, _model_ndim(model, info))
+    input_paths = {
+        "fixed": Path(fixed),
+        "moving": Path(moving),
+        "fixed_labels": None if fixed_labels is None else Path(fixed_labels),
+        "moving_labels": None if moving_labels is None else Path(moving_labels),
+    }
+    fingerprints = _fingerprints(input_paths)  # of the files as read, before the long part
     _check_geometry(inputs[0], "fixed", fixed)
     _check_geometry(inputs[1], "moving", moving)
     if not affine:  # with it, a constant image is an error of the pre-alignment
@@ -746,14 +789,8 @@ def register_files(
     result = _register_checked(model, info, inputs, device, diffeomorphic, refine_steps, **run)
     metrics = pair_metrics(result, labels)
     record = {
-        "inputs": _inputs_record(
-            {
-                "fixed": Path(fixed),
-                "moving": Path(moving),
-                "fixed_labels": None if fixed_labels is None else Path(fixed_labels),
-                "moving_labels": None if moving_labels is None else Path(moving_labels),
-            }
-        ),
+        "inputs": _inputs_record(input_paths),
+        "input_fingerprints": fingerprints,
         "model": str(getattr(info, "path", "")),
         "diffeomorphic": bool(diffeomorphic),
         "refine_steps": int(refine_steps),
@@ -834,6 +871,13 @@ def register_dataset(
             if f_lab is None or m_lab is None:
                 f_lab = m_lab = None
             inputs = _read_inputs(fixed, moving, f_lab, m_lab, ndim)
+            input_paths = {
+                "fixed": fixed,
+                "moving": moving,
+                "fixed_labels": f_lab,
+                "moving_labels": m_lab,
+            }
+            fingerprints = _fingerprints(input_paths)
             _check_geometry(inputs[0], "fixed", fixed)
             _check_geometry(inputs[1], "moving", moving)
             if not affine:  # with it, a constant image is an error of the pre-alignment
@@ -846,14 +890,8 @@ def register_dataset(
             )
             metrics, scores = _score(result, labels, name)
             record = {
-                "inputs": _inputs_record(
-                    {
-                        "fixed": fixed,
-                        "moving": moving,
-                        "fixed_labels": f_lab,
-                        "moving_labels": m_lab,
-                    }
-                ),
+                "inputs": _inputs_record(input_paths),
+                "input_fingerprints": fingerprints,
                 "model": str(getattr(info, "path", "")),
                 "diffeomorphic": bool(diffeomorphic),
                 "refine_steps": int(refine_steps),
@@ -904,6 +942,7 @@ def show_results(
         inputs = record["inputs"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise MaxcaInputError(f"{record_path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    _check_unchanged(record, record_path)
     fixed = read_volume(inputs["fixed"], "image")
     moving = read_volume(inputs["moving"], "image", expected_ndim=fixed.ndim)
     warped = read_volume(folder / "warped.nii.gz", "image", expected_ndim=fixed.ndim)

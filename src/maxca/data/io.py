@@ -36,6 +36,7 @@ __all__ = [
     "check_affine",
     "check_same_grid",
     "checked_path",
+    "nifti_affine_mm",
     "ras_lps_flip",
     "read_vector_field",
     "read_volume",
@@ -168,10 +169,22 @@ def _finish_array(arr: np.ndarray, path: Path, kind: str, expected_ndim: int | N
     """Shape checks, then dtype/value checks for an image or a label map."""
     arr = _check_ndim(arr, path, expected_ndim)
     if kind == "image":
-        arr = np.asarray(arr, dtype=np.float32)
+        source = np.asarray(arr)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = source.astype(np.float32, copy=False)
         finite = np.isfinite(arr)
         if not finite.all():
             bad = int(arr.size - np.count_nonzero(finite))
+            # a finite value of a wider type (float64) can overflow float32: say so, not "NaN"
+            was_finite = np.isfinite(source) if source.dtype.kind == "f" else True
+            over = int(np.count_nonzero(~finite & was_finite))
+            if over:
+                largest = float(np.max(np.abs(source[~finite & was_finite])))
+                raise MaxcaInputError(
+                    f"{path}: image has {over} voxel(s) beyond the float32 range (|value| up to "
+                    f"{largest:.3g}, float32 ends at {float(np.finfo(np.float32).max):.3g}); "
+                    "rescale the intensities"
+                )
             raise MaxcaInputError(
                 f"{path}: image has {bad} NaN/Inf voxel(s); expected finite intensities"
             )
@@ -245,13 +258,63 @@ def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
                 f"{path}: complex-valued {kind} ({img.get_data_dtype()}); give a real image, "
                 "e.g. the magnitude"
             )
-        arr = img.get_fdata(dtype=np.float32) if kind == "image" else np.asarray(img.dataobj)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        if kind == "image":
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr = img.get_fdata(dtype=np.float32)
+            if not np.isfinite(arr).all():
+                # read again at full precision, so that _finish_array can tell a value beyond the
+                # float32 range (finite in a float64 file or after scaling) from a NaN/Inf
+                arr = np.asarray(img.dataobj)
+        else:
+            arr = np.asarray(img.dataobj)
+        header = img.header.copy()
+        affine = nifti_affine_mm(img.affine, header, path)
     except MaxcaInputError:
         raise
     except Exception as exc:  # nibabel/gzip/zlib raise many types for corrupt files
         raise MaxcaInputError(f"{path}: cannot read NIfTI file ({_one_line(exc)})") from exc
-    return arr, affine, img.header.copy()
+    return arr, affine, header
+
+
+#: NIfTI spatial units (nibabel's names for ``xyzt_units``) -> millimetres; "unknown" is taken as
+#: mm, as nibabel, SimpleITK and most tools do.
+_NIFTI_UNIT_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
+
+
+def nifti_affine_mm(affine: np.ndarray, header: Any, path: str | os.PathLike[str]) -> np.ndarray:
+    """The NIfTI ``affine`` in millimetres, from the spatial unit of ``header``'s ``xyzt_units``.
+
+    nibabel returns the sform/qform as stored, in the file's unit; ITK (hence SimpleITK and ANTs)
+    converts metres and microns to mm. maxca works in mm, so a file in metres or microns has its
+    affine (rotation-zoom and translation) scaled to mm here, and ``header`` (a copy the caller
+    owns) is set to mm, so that an output written ``like`` this volume stays in the same place.
+
+    Args:
+        affine: ``(4, 4)`` voxel-to-world matrix as stored.
+        header: the file's ``Nifti1Header``/``Nifti2Header`` (modified when the unit is not mm).
+        path: for the error message.
+
+    Returns:
+        ``(4, 4)`` float64 affine in mm.
+    """
+    a = np.array(affine, dtype=np.float64)
+    try:
+        space, time = header.get_xyzt_units()
+    except Exception as exc:  # a spatial code nibabel does not know (4-7)
+        code = int(np.asarray(header["xyzt_units"])) & 7
+        raise MaxcaInputError(
+            f"{path}: NIfTI spatial unit code {code} is not a known unit "
+            "(1 = meter, 2 = mm, 3 = micron, 0 = unknown, read as mm)"
+        ) from exc
+    scale = _NIFTI_UNIT_MM.get(space)
+    if scale is None:
+        raise MaxcaInputError(
+            f"{path}: NIfTI spatial unit {space!r} is not a length (expected mm, meter or micron)"
+        )
+    if scale != 1.0:
+        a[:3, :] *= scale
+        header.set_xyzt_units("mm", time)
+    return a
 
 
 def _read_sitk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -265,9 +328,7 @@ def _read_sitk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
     perm = list(range(dim))[::-1]
     if arr.ndim == dim + 1:  # vector pixels: components stay last
         perm.append(dim)
-    arr = np.transpose(arr, perm)
-    if kind == "image" and arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    arr = np.transpose(arr, perm)  # images are cast to float32 (range checked) by _finish_array
     header = {key: img.GetMetaData(key) for key in img.GetMetaDataKeys()}
     return arr, _sitk_affine(img), header
 
@@ -370,8 +431,14 @@ def read_vector_field(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     try:
         img = nib.load(str(path))
         data = img.get_fdata(dtype=np.float32)
+        space = img.header.get_xyzt_units()[0]
     except Exception as exc:
         raise MaxcaInputError(f"{path}: cannot read NIfTI file ({_one_line(exc)})") from exc
+    if space not in ("mm", "unknown"):
+        # the vectors would be in that unit too, and tools disagree on whether to scale them
+        raise MaxcaInputError(
+            f"{path}: vector field stored in {space!r} units; maxca reads vector fields in mm"
+        )
     if data.ndim != 5 or data.shape[3] != 1 or data.shape[4] not in (2, 3):
         raise MaxcaInputError(
             f"{path}: expected a vector field of shape (X, Y, Z, 1, d) with d in (2, 3), "

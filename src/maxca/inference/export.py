@@ -35,6 +35,7 @@ from maxca.data.io import (
     NIFTI_EXTENSIONS,
     Volume,
     checked_path,
+    nifti_affine_mm,
     ras_lps_flip,
     write_vector_field,
 )
@@ -241,7 +242,8 @@ def read_voxel_flow(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
         raise MaxcaInputError(
             f"{path}: cannot read NIfTI file ({type(exc).__name__}: {text})"
         ) from exc
-    affine = np.asarray(image.affine, dtype=np.float64)
+    # voxel displacements have no unit: only the grid's affine is converted to mm
+    affine = nifti_affine_mm(image.affine, image.header.copy(), path)
     if data.ndim == 5:
         if data.shape[3] != 1 or data.shape[4] not in (2, 3):
             raise MaxcaInputError(
