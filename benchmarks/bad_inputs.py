@@ -179,6 +179,17 @@ def _bad_unit(root: Path) -> list[str]:
     return _register(root, moving=path)
 
 
+def _forms_disagree(root: Path) -> list[str]:
+    image = nib.Nifti1Image(_blob(1.0), None)
+    image.set_qform(AFF, code=1)
+    shifted = AFF.copy()
+    shifted[0, 3] += 6.0
+    image.set_sform(shifted, code=2)
+    path = root / "forms.nii.gz"
+    nib.save(image, str(path))
+    return _register(root, moving=path, out="out-forms", moving_labels="", fixed_labels="")
+
+
 def _four_d(root: Path) -> list[str]:
     return _register(root, moving=_save(root / "4d.nii.gz", np.zeros((*SHAPE, 2), np.float32)))
 
@@ -283,6 +294,7 @@ CASES = [
     Case(
         "integer image (> 1000 values) as --moving-labels: a warning", _image_as_labels, expected=0
     ),  # fmt: skip
+    Case("sform and qform 6 mm apart: a warning", _forms_disagree, expected=0),
 ]
 
 

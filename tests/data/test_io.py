@@ -343,3 +343,29 @@ def test_vector_field_in_metres_is_refused(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(path))
     with pytest.raises(MaxcaInputError, match=r"v\.nii\.gz: vector field stored in 'meter' units"):
         read_vector_field(path)
+
+
+def test_sform_and_qform_that_disagree_warn_and_the_sform_is_used(tmp_path: Path) -> None:
+    qform = np.diag([2.0, 2.0, 2.0, 1.0])
+    qform[:3, 3] = [-10.0, -20.0, -30.0]
+    sform = qform.copy()
+    sform[:3, 3] += [5.0, 0.0, 0.0]
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), None)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)  # "aligned": ITK reads the qform of such a file
+    path = tmp_path / "forms.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(
+        UserWarning, match=r"forms\.nii\.gz: its sform and qform disagree \(by up to 5 "
+    ):
+        vol = read_volume(path)
+    np.testing.assert_allclose(vol.affine, sform)
+    _, itk_affine, _ = mio._read_sitk(path, "image")  # why it matters: ITK puts it elsewhere
+    np.testing.assert_allclose(itk_affine, qform, atol=1e-5)
+    # the same forms, or a qform left unset, read silently
+    for q_code, q in ((1, sform), (0, qform)):
+        img.set_qform(q, code=q_code)
+        nib.save(img, str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_allclose(read_volume(path).affine, sform)

@@ -15,6 +15,7 @@ keeps the real extension so the libraries pick the format) which then replaces t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,12 +269,47 @@ def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
         else:
             arr = np.asarray(img.dataobj)
         header = img.header.copy()
+        _warn_if_forms_disagree(header, arr.shape, path)
         affine = nifti_affine_mm(img.affine, header, path)
     except MaxcaInputError:
         raise
     except Exception as exc:  # nibabel/gzip/zlib raise many types for corrupt files
         raise MaxcaInputError(f"{path}: cannot read NIfTI file ({_one_line(exc)})") from exc
     return arr, affine, header
+
+
+def _warn_if_forms_disagree(header: Any, shape: tuple[int, ...], path: Path) -> None:
+    """Warn when a NIfTI file's sform and qform (both set) place the image differently.
+
+    maxca reads the sform (nibabel's choice); ITK (SimpleITK, ANTs) reads the qform for some
+    sform codes (e.g. 2, "aligned"), so two tools can put the same file in different places.
+    The disagreement is measured as the largest distance between the two world positions of the
+    image's corner voxels; below a tenth of the smallest voxel spacing it is rounding."""
+    try:
+        if int(header["sform_code"]) <= 0 or int(header["qform_code"]) <= 0:
+            return
+        sform, qform = header.get_sform(), header.get_qform()
+        scale = _NIFTI_UNIT_MM.get(header.get_xyzt_units()[0], 1.0)
+    except Exception:  # an unreadable form or unit: the other checks report what matters
+        return
+    n = min(len(shape), 3)
+    corners = np.array(
+        [
+            [*(c[k] * (shape[k] - 1) for k in range(n)), *([0] * (3 - n)), 1]
+            for c in np.ndindex(*[2] * n)
+        ],
+        dtype=np.float64,
+    )
+    gap = scale * float(np.max(np.linalg.norm(((sform - qform) @ corners.T)[:3], axis=0)))
+    spacing = scale * np.linalg.norm(sform[:3, :n], axis=0)
+    if np.isfinite(gap) and gap > 0.1 * float(np.min(spacing)):
+        warnings.warn(
+            f"{path}: its sform and qform disagree (by up to {gap:.3g} mm over the image; "
+            f"sform code {int(header['sform_code'])}); maxca uses the sform, as nibabel "
+            "does, while ITK-based tools (ANTs) may use the qform: outputs carry the sform as both",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 #: NIfTI spatial units (nibabel's names for ``xyzt_units``) -> millimetres; "unknown" is taken as
