@@ -197,6 +197,29 @@ def test_show_refuses_an_input_replaced_after_the_registration(files, tmp_path, 
     assert _run(["show", out, "--out", tmp_path / "old.png"]) == 0
 
 
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "expected auto, cpu, cuda or cuda:N (a GPU index), got 'gpu'"),
+        ("cuda:one", "expected auto, cpu, cuda or cuda:N (a GPU index), got 'cuda:one'"),
+    ],
+)
+def test_register_device_names(files, tmp_path, capsys, device, message):
+    out = tmp_path / "res"
+    assert _run([*_register_args(files, out)[:-2], "--device", device]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_register_on_a_named_gpu_without_cuda_is_one_line(files, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert _run([*_register_args(files, out)[:-2], "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'cuda:1' requested but CUDA is not available" in err
+    assert not out.exists()
+
+
 def _corrupt(root: Path) -> Path:
     path = root / "corrupt.nii.gz"
     path.write_bytes(b"\x1f\x8b not really gzip")

@@ -179,16 +179,34 @@ def check_size(size: object, d: int, name: str = "size") -> tuple[int, ...]:
     return out  # type: ignore[return-value]
 
 
+def check_device_name(name: str) -> str:
+    """``name`` when it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``N`` a GPU index >= 0).
+
+    Raises:
+        MaxcaInputError: anything else (one line naming the accepted forms).
+    """
+    text = str(name)
+    head, sep, index = text.partition(":")
+    if text in DEVICES or (head == "cuda" and sep and index.isdigit() and index.isascii()):
+        return text
+    raise MaxcaInputError(f"device must be one of {list(DEVICES)} or 'cuda:N', got {text!r}")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device for ``device``: ``"auto"``/``None`` -> CUDA when available, else CPU.
 
-    ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are taken as they are; CUDA must be available.
+    ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are taken as they are; CUDA must be available and,
+    for ``cuda:N``, have a GPU of index ``N``.
     """
-    name = "auto" if device is None else str(device)
+    name = "auto" if device is None else check_device_name(str(device))
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.split(":")[0] not in ("cpu", "cuda"):
-        raise MaxcaInputError(f"device must be one of {list(DEVICES)}, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MaxcaInputError(f"device {name!r} requested but CUDA is not available here")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MaxcaInputError(
+            f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist "
+            "(indices from 0)"
+        )
+    return dev

@@ -105,6 +105,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    from maxca._checks import check_device_name
+
+    try:
+        return check_device_name(text)
+    except MaxcaInputError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, cpu, cuda or cuda:N (a GPU index), got {text!r}"
+        ) from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -434,7 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pair list of --dataset (default registration_val)",
     )
     reg.add_argument("--out", required=True, help="results directory (must be new or empty)")
-    reg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    reg.add_argument(
+        "--device",
+        default="auto",
+        type=_device,
+        metavar="{auto,cpu,cuda,cuda:N}",
+        help="where the network runs (default auto: CUDA when available)",
+    )
     reg.add_argument(
         "--diffeomorphic",
         action="store_true",
@@ -614,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--subjects", type=_positive_int, help="number of training subjects")
     demo.add_argument("--steps", type=_positive_int, help="training steps")
     demo.add_argument("--minutes", type=_positive_float, help="time budget in minutes")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    demo.add_argument("--device", type=_device, metavar="{auto,cpu,cuda,cuda:N}")
     demo.add_argument("--seed", type=int, help="random seed")
     return parser
 

@@ -230,6 +230,19 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(MaxcaInputError, match="CUDA is not available"):
             resolve_device("cuda")
+    for bad in ("gpu", "cuda:x", "cuda:-1", "cuda:", "cpu:0", "cuda:１"):
+        with pytest.raises(MaxcaInputError, match=r"device must be one of .* or 'cuda:N'"):
+            resolve_device(bad)
+
+
+def test_resolve_device_checks_the_gpu_index(monkeypatch):
+    """``cuda:N`` names one GPU: an index the machine does not have is refused in one line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(MaxcaInputError, match=r"'cuda:2' requested but only 2 GPU\(s\) exist"):
+        resolve_device("cuda:2")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -271,8 +271,6 @@ def run_demo(
     from maxca.inference.register import resolve_device
 
     _check_options(subjects, steps, minutes, seed, spacing_mm, magnitude_vox)
-    if device not in ("auto", "cpu", "cuda"):
-        raise MaxcaInputError(f"--device must be one of ['auto', 'cpu', 'cuda'], got {device!r}")
     dev = resolve_device(device)  # "cuda" without CUDA: one-line error, nothing written
     require("nilearn.datasets", "demo", "maxca demo")  # the template: before anything is written
     if steps is None and minutes is None:

@@ -35,7 +35,7 @@ from typing import Any, Union
 import yaml
 
 from maxca._atomic import atomic_write_text
-from maxca._checks import DEVICES, NORMALISATIONS, PAIR_MODES, SIMILARITIES
+from maxca._checks import NORMALISATIONS, PAIR_MODES, SIMILARITIES, check_device_name
 from maxca.accel import MEMORY_FORMATS
 from maxca.errors import MaxcaInputError
 
@@ -368,13 +368,7 @@ class ExperimentConfig:
             if value < 0 or (key != "val_every" and value == 0):
                 bound = ">= 0" if key == "val_every" else ">= 1"
                 raise MaxcaInputError(f"{key} must be {bound}, got {value}")
-        if not (
-            self.device in DEVICES
-            or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        ):
-            raise MaxcaInputError(
-                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
-            )
+        check_device_name(self.device)
         _choice(self.amp, "amp", AMP_MODES)
         _choice(self.memory_format, "memory_format", MEMORY_FORMATS)
         if self.num_threads is not None and self.num_threads < 1:
