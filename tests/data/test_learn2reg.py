@@ -100,6 +100,29 @@ def test_invalid_json_syntax_and_missing_file(tmp_path: Path) -> None:
         load_learn2reg(tmp_path / "other" / "dataset.json")
 
 
+def test_a_key_given_twice_warns_and_the_last_is_used(tmp_path: Path) -> None:
+    json_path = make_tiny_dataset(tmp_path)
+    text = json_path.read_text()
+    # "evaluation_labels" twice, and a second "name", as a hand edit leaves it
+    twice = (
+        text.rstrip()[:-1] + ', "evaluation_labels": [3], "evaluation_labels": [7], "name": "B"}'
+    )
+    json_path.write_text(twice)
+    with pytest.warns(
+        UserWarning,
+        match=r"dataset\.json: key\(s\) 'evaluation_labels', 'name' "
+        r"given twice in one object; the last one is used",
+    ):
+        ds = load_learn2reg(json_path)
+    assert ds.evaluation_labels == [7] and ds.name == "B"
+    json_path.write_text(text)  # no repeated key: no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_learn2reg(json_path)
+
+
 def test_fallbacks_label_ids_and_labels_tr(tmp_path: Path) -> None:
     json_path = make_tiny_dataset(tmp_path)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,8 +221,18 @@ def load_learn2reg(path: str | os.PathLike[str]) -> Learn2RegDataset:
     json_path = Path(os.path.abspath(json_path))
     if not json_path.is_file():
         raise MaxcaInputError(f"dataset file not found: {json_path}")
+    repeated: list[str] = []
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                repeated.append(key)
+            seen[key] = value
+        return seen
+
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
+        data = json.loads(json_path.read_text(encoding="utf-8"), object_pairs_hook=unique)
     except json.JSONDecodeError as exc:
         raise MaxcaInputError(
             f"{json_path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -231,6 +242,13 @@ def load_learn2reg(path: str | os.PathLike[str]) -> Learn2RegDataset:
     if not isinstance(data, dict):
         raise MaxcaInputError(
             f"{json_path}: expected a JSON object at top level, got {type(data).__name__}"
+        )
+    if repeated:  # JSON readers keep the last: say so rather than use it silently
+        names = ", ".join(repr(k) for k in dict.fromkeys(repeated))
+        warnings.warn(
+            f"{json_path}: key(s) {names} given twice in one object; the last one is used",
+            UserWarning,
+            stacklevel=2,
         )
     if "training" not in data:
         raise MaxcaInputError(f"{json_path}: missing key 'training'")
