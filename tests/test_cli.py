@@ -220,6 +220,31 @@ def test_register_on_a_named_gpu_without_cuda_is_one_line(files, tmp_path, capsy
     assert not out.exists()
 
 
+def test_inputs_in_metres_register_as_in_mm(files, tmp_path):
+    """The same pair stored with its header in metres (affine / 1000, xyzt_units meter) gives
+    the same voxel flow, warped image and Dice, and outputs in mm at the same place."""
+    metres = {}
+    for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        img = nib.load(str(files[role]))
+        m = nib.Nifti1Image(
+            np.asarray(img.dataobj), img.affine / np.array([1e3, 1e3, 1e3, 1.0])[:, None]
+        )
+        m.header.set_xyzt_units("meter")
+        metres[role] = tmp_path / f"m_{files[role].name}"
+        nib.save(m, str(metres[role]))
+    assert _run(_register_args(files, tmp_path / "mm")) == 0
+    assert _run(_register_args(files, tmp_path / "m", **metres)) == 0
+    for name in ("flow_voxel.nii.gz", "warped.nii.gz", "disp_itk.nii.gz"):
+        a, b = nib.load(str(tmp_path / "mm" / name)), nib.load(str(tmp_path / "m" / name))
+        np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+        assert b.header.get_xyzt_units()[0] == "mm"
+        np.testing.assert_allclose(b.get_fdata(), a.get_fdata(), atol=1e-4)
+    dice = [
+        json.loads((tmp_path / d / "metrics.json").read_text())["dice_after"] for d in ("mm", "m")
+    ]
+    assert dice[0] == pytest.approx(dice[1], abs=1e-6)
+
+
 def _corrupt(root: Path) -> Path:
     path = root / "corrupt.nii.gz"
     path.write_bytes(b"\x1f\x8b not really gzip")
