@@ -190,6 +190,13 @@ def _forms_disagree(root: Path) -> list[str]:
     return _register(root, moving=path, out="out-forms", moving_labels="", fixed_labels="")
 
 
+def _no_forms(root: Path) -> list[str]:
+    image = nib.Nifti1Image(_blob(1.0), None)  # neither sform nor qform set
+    path = root / "noforms.nii.gz"
+    nib.save(image, str(path))
+    return _register(root, moving=path, out="out-noforms", moving_labels="", fixed_labels="")
+
+
 def _four_d(root: Path) -> list[str]:
     return _register(root, moving=_save(root / "4d.nii.gz", np.zeros((*SHAPE, 2), np.float32)))
 
@@ -295,6 +302,7 @@ CASES = [
         "integer image (> 1000 values) as --moving-labels: a warning", _image_as_labels, expected=0
     ),  # fmt: skip
     Case("sform and qform 6 mm apart: a warning", _forms_disagree, expected=0),
+    Case("moving image with neither sform nor qform: a warning", _no_forms, expected=0),
 ]
 
 

@@ -369,3 +369,26 @@ def test_sform_and_qform_that_disagree_warn_and_the_sform_is_used(tmp_path: Path
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             np.testing.assert_allclose(read_volume(path).affine, sform)
+
+
+def test_a_file_without_forms_warns_and_outputs_keep_its_codes(tmp_path: Path) -> None:
+    """Both codes 0: nibabel and ITK place the file differently; an output written like it keeps
+    the codes 0, so that each tool places the output where it places the input."""
+    img = nib.Nifti1Image(np.arange(120, dtype=np.float32).reshape(4, 5, 6), np.diag([2, 3, 4, 1]))
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    path = tmp_path / "noforms.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(
+        UserWarning, match=r"noforms\.nii\.gz: its header sets neither sform nor qform"
+    ):
+        vol = read_volume(path)
+    np.testing.assert_allclose(vol.affine, nib.load(str(path)).affine)  # nibabel's default
+    out = write_volume(tmp_path / "out.nii.gz", vol.array * 2, like=vol)
+    back = nib.load(str(out))
+    assert int(back.header["sform_code"]) == int(back.header["qform_code"]) == 0
+    np.testing.assert_allclose(back.affine, vol.affine)
+    itk_in, itk_out = sitk.ReadImage(str(path)), sitk.ReadImage(str(out))
+    assert itk_out.GetOrigin() == itk_in.GetOrigin()
+    assert itk_out.GetDirection() == itk_in.GetDirection()
+    np.testing.assert_allclose(itk_out.GetSpacing(), itk_in.GetSpacing())

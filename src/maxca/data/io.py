@@ -286,7 +286,18 @@ def _warn_if_forms_disagree(header: Any, shape: tuple[int, ...], path: Path) -> 
     The disagreement is measured as the largest distance between the two world positions of the
     image's corner voxels; below a tenth of the smallest voxel spacing it is rounding."""
     try:
-        if int(header["sform_code"]) <= 0 or int(header["qform_code"]) <= 0:
+        codes = int(header["sform_code"]), int(header["qform_code"])
+        if codes == (0, 0):
+            warnings.warn(
+                f"{path}: its header sets neither sform nor qform (both codes 0), so tools "
+                "disagree on where it lies (nibabel and maxca: the Analyze convention from the "
+                "voxel sizes; ITK/ANTs: origin 0, LPS axes); outputs keep the codes 0, but set "
+                "the sform before comparing with ITK tools",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        if min(codes) <= 0:
             return
         sform, qform = header.get_sform(), header.get_qform()
         scale = _NIFTI_UNIT_MM.get(header.get_xyzt_units()[0], 1.0)
@@ -542,21 +553,27 @@ def nifti_image_with_header(
 ) -> nib.Nifti1Image:
     """``arr`` as a NIfTI image with ``affine`` as sform and qform and ``intent``.
 
-    A NIfTI ``base`` header is copied (its sform/qform codes kept, 1 where unset, its data
-    scaling dropped); any other ``base`` gives a fresh header in mm with codes 1. The data type
-    is ``arr``'s."""
+    A NIfTI ``base`` header is copied (its sform/qform codes kept, 1 where one is unset, both 0
+    when both are, its data scaling dropped); any other ``base`` gives a fresh header in mm with
+    codes 1. The data type is ``arr``'s."""
     if isinstance(base, nib.Nifti1Header):
         header = base.copy()
         sform_code = int(header["sform_code"]) or 1
         qform_code = int(header["qform_code"]) or 1
+        no_forms = int(header["sform_code"]) == int(header["qform_code"]) == 0
     else:
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm")
         sform_code = qform_code = 1
+        no_forms = False
     header.set_data_dtype(arr.dtype)
     header.set_slope_inter(np.nan, np.nan)  # never inherit a scaling from `like`
     header.set_intent(intent)
     img = nib.Nifti1Image(arr, affine, header=header)
+    if no_forms and np.allclose(img.header.get_base_affine(), affine, rtol=0, atol=1e-6):
+        # the grid of a file without forms, read with nibabel's default affine, stays without:
+        # each tool then places the output where it places that input
+        sform_code = qform_code = 0
     img.set_sform(affine, code=sform_code)
     img.set_qform(affine, code=qform_code)
     return img
