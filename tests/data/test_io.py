@@ -219,6 +219,19 @@ def test_label_values_checked(tmp_path: Path) -> None:
     good = write_nifti(tmp_path / "ok.nii.gz", np.full((3, 3, 3), 7.0, np.float32))
     vol = read_volume(good, kind="label")
     assert vol.array.dtype == np.int64 and (vol.array == 7).all()
+    # float rounding of stored ids (float32 arithmetic, or a NIfTI scaling) is not "non-integer"
+    near = np.array([0.0, 2.9999998, 17.000002, 1000.0001, 41.0], np.float32).reshape(5, 1, 1)
+    vol = read_volume(write_nifti(tmp_path / "near.nii.gz", near), kind="label")
+    assert vol.array.ravel().tolist() == [0, 3, 17, 1000, 41]
+    img = nib.Nifti1Image(np.array([0, 3, 9, 30], np.int16).reshape(4, 1, 1), np.eye(4))
+    img.header.set_slope_inter(1 / 3, 0)  # stored 0, 3, 9, 30 -> ids 0, 1, 3, 10 after scaling
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    assert read_volume(tmp_path / "scaled.nii.gz", kind="label").array.ravel().tolist() == [
+        0, 1, 3, 10,
+    ]  # fmt: skip
+    bad[1, 1, 1] = 3.001  # a real fraction is still refused
+    with pytest.raises(MaxcaInputError, match=r"non-integer values \(e\.g\. 3\.001\)"):
+        read_volume(write_nifti(tmp_path / "frac.nii.gz", bad), kind="label")
 
 
 def test_integer_cast_on_write_is_checked(tmp_path: Path) -> None:

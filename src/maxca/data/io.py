@@ -200,14 +200,22 @@ def _finish_array(arr: np.ndarray, path: Path, kind: str, expected_ndim: int | N
     finite = np.isfinite(arr)
     if not finite.all():
         raise MaxcaInputError(f"{path}: label map has NaN/Inf values; expected integer label ids")
-    frac = arr != np.round(arr)
+    rounded = np.round(arr)
+    # label ids stored as floats, or as integers with a NIfTI scaling, come back with float
+    # rounding (2.9999998): within LABEL_ROUNDING of an integer they are that integer
+    frac = np.abs(arr - rounded) > LABEL_ROUNDING * np.maximum(1.0, np.abs(rounded))
     if frac.any():
         example = float(arr[frac].flat[0])
         raise MaxcaInputError(
             f"{path}: label map has non-integer values (e.g. {example:g}); "
             "expected integer label ids (is this an image rather than a label file?)"
         )
-    return arr.astype(np.int64)
+    return rounded.astype(np.int64)
+
+
+#: relative distance to an integer below which a float label value is that integer (float32 keeps
+#: about 7 digits: a scaled or float-stored id comes back within a few 1e-7 of it)
+LABEL_ROUNDING = 1e-5
 
 
 # ----------------------------------------------------------------------------------------------
