@@ -405,3 +405,14 @@ def test_a_file_without_forms_warns_and_outputs_keep_its_codes(tmp_path: Path) -
     assert itk_out.GetOrigin() == itk_in.GetOrigin()
     assert itk_out.GetDirection() == itk_in.GetDirection()
     np.testing.assert_allclose(itk_out.GetSpacing(), itk_in.GetSpacing())
+
+
+@pytest.mark.parametrize("kind", ["image", "label"])
+def test_an_rgb_nifti_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(
+        MaxcaInputError,
+        match=rf"rgb\.nii\.gz: colour voxels \(R, G, B\); give a single-channel {kind}",
+    ):
+        read_volume(tmp_path / "rgb.nii.gz", kind)  # type: ignore[arg-type]

@@ -262,6 +262,11 @@ def _sitk_geometry(
 def _read_nifti(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray, Any]:
     try:
         img = nib.load(str(path))
+        if img.get_data_dtype().names:  # RGB24/RGBA32: one record of channels per voxel
+            raise MaxcaInputError(
+                f"{path}: colour voxels ({', '.join(img.get_data_dtype().names)}); give a "
+                f"single-channel {kind} (e.g. one channel, or a grey-level conversion)"
+            )
         if np.issubdtype(img.get_data_dtype(), np.complexfloating):
             raise MaxcaInputError(
                 f"{path}: complex-valued {kind} ({img.get_data_dtype()}); give a real image, "
