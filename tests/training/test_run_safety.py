@@ -72,6 +72,31 @@ def test_train_refuses_a_folder_that_is_not_a_maxca_run(
     assert [r["step"] for r in _rows(run)] == ["1"]
 
 
+def test_a_corrupt_subject_is_refused_before_the_run_starts(
+    blob_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Subjects are read lazily, step by step: a corrupt file must not wait for its turn, after
+    the run folder exists and hours were spent. Every header is read up front."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(blob_dataset.parent, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    last = data / meta["training"][-1]["image"]
+    last.write_bytes(b"\x1f\x8b not really gzip")  # the last subject: sampled late, if ever
+    run = tmp_path / "run"
+    argv = ["train", TINY_CONFIG, f"data.path={data / 'dataset.json'}", f"run_dir={run}"]
+    assert _run_cli([*argv, "budget.steps=1", "val_every=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{last.name}: cannot read NIfTI file" in err
+    assert not run.exists()
+    (data / meta["training"][1]["label"]).unlink()  # a missing label map: refused as well
+    shutil.copyfile(data / meta["training"][0]["image"], last)
+    assert _run_cli([*argv, "budget.steps=1", "val_every=0"]) == 2
+    assert "label refers to a missing file" in capsys.readouterr().err and not run.exists()
+
+
 def test_a_maxca_run_killed_before_its_first_checkpoint_can_start_again(
     tiny_overrides: list[str],
 ) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "WRITE_EXTENSIONS",
     "Volume",
     "check_affine",
+    "check_headers",
     "check_same_grid",
     "checked_path",
     "nifti_affine_mm",
@@ -448,6 +449,31 @@ def read_volume(
     arr = _finish_array(arr, path, kind, expected_ndim)
     check_affine(affine, arr.ndim, path)
     return Volume(array=arr, affine=affine, header=header, path=path)
+
+
+def check_headers(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Read the header of every file (not its voxels): missing, unsupported or unreadable files
+    are reported before any work starts (training reads its subjects lazily, step by step).
+
+    NIfTI headers are read with nibabel (``nib.load`` is lazy), the others with SimpleITK's
+    ``ReadImageInformation``. A file whose header is fine but whose voxel data is truncated is
+    only found when it is read.
+
+    Raises:
+        MaxcaInputError: the first bad file, in one line.
+    """
+    for item in paths:
+        path, ext = checked_path(item, READ_EXTENSIONS, "unsupported file extension", True)
+        try:
+            if ext in NIFTI_EXTENSIONS:
+                nib.load(str(path))
+            else:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+        except Exception as exc:  # nibabel/gzip/SimpleITK raise many types
+            kind = "NIfTI file" if ext in NIFTI_EXTENSIONS else "image file"
+            raise MaxcaInputError(f"{path}: cannot read {kind} ({_one_line(exc)})") from exc
 
 
 def check_affine(affine: np.ndarray, ndim: int, path: str | os.PathLike[str] | None = None) -> None:

@@ -47,6 +47,7 @@ from maxca._optional import install_hint
 from maxca.accel import resolve_memory_format, to_memory_format
 from maxca.data import Learn2RegDataset, PairDataset, load_folder, read_volume
 from maxca.data.dataset import as_dataset
+from maxca.data.io import check_headers
 from maxca.data.labelsynth import LabelSynthConfig, SynthPairDataset
 from maxca.errors import MaxcaInputError, TrainingDivergedError
 from maxca.losses import RegistrationLoss, one_hot
@@ -295,6 +296,13 @@ class Trainer:
 
         # ---- data ------------------------------------------------------------------------
         self.dataset = self._load_dataset()
+        # every subject's header now: a bad file found at step 5,000 would cost the run
+        entries = [*self.dataset.training, *self.dataset.validation]
+        entries += [
+            self.dataset.entry_for(p) for pair in self.dataset.registration_val for p in pair
+        ]
+        files = {path for e in entries for path in (e.image, e.label) if path is not None}
+        check_headers(sorted(files))
         self.use_dice_loss = cfg.loss.weights.dice > 0
         self.eval_labels = self._evaluation_labels()
         shape = None if cfg.data.shape is None else tuple(cfg.data.shape)
