@@ -430,6 +430,21 @@ def test_batch_register_then_evaluate(files, tmp_path, capsys):
     assert json.loads((ev / "summary.json").read_text())["l2r_compat"] is True
 
 
+def test_batch_register_checks_every_file_before_the_first_pair(files, tmp_path, capsys):
+    """A corrupt label map of the last pair is refused before any pair is registered."""
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(files["dataset"].parent, ds)
+    (ds / "labelsTr" / "T_0003_0000.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+    out = tmp_path / "val"
+    argv = ["register", "--model", files["ckpt"], "--dataset", ds / "dataset.json", "--out", out]
+    assert _run([*argv, "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert "T_0003_0000.nii.gz: cannot read NIfTI file" in captured.err
+    assert "[1/2]" not in captured.out and not out.exists()
+
+
 def test_evaluate_one_pair_hand_computed(tmp_path, capsys):
     fixed = np.zeros((10, 10, 10), np.uint8)
     fixed[2:6, 2:6, 2:6] = 1

@@ -47,7 +47,7 @@ from maxca._checks import SIMILARITIES
 from maxca._version import __version__
 from maxca.app import memory as _memory
 from maxca.app._writers import write_itk_field_fast, write_voxel_flow_fast
-from maxca.data.io import Volume, read_volume, write_volume
+from maxca.data.io import Volume, check_headers, read_volume, write_volume
 from maxca.data.learn2reg import Learn2RegDataset, load_learn2reg
 from maxca.errors import MaxcaInputError
 from maxca.inference._output import OutputDir, atomic_file, check_output_dir
@@ -830,8 +830,9 @@ def register_dataset(
     Writes ``out/FFFF_MMMM/`` (the files of :func:`register_files`) and
     ``out/disp_FFFF_MMMM.nii.gz`` per pair; with label maps in the dataset, each pair gets a
     ``metrics.json`` (on the dataset's ``evaluation_labels``) and ``out`` a ``summary.json`` and
-    ``summary.md``. Every image is checked to exist and every case id to parse before the first
-    registration; ``out`` appears only when all pairs are done.
+    ``summary.md``. Every image and label map is checked to exist and have a readable header,
+    and every case id to parse, before the first registration; ``out`` appears only when all
+    pairs are done.
 
     Args:
         on_pair: called as ``on_pair(index, total, report)`` after each pair (for progress).
@@ -848,6 +849,10 @@ def register_dataset(
     if passes is not None:
         check_passes(passes)
     items = dataset_pairs(ds, pairs)
+    # every header before the first registration: a corrupt file in the last pair must not
+    # cost the pairs before it
+    files = {path for pair in items for image in pair for path in (image, ds.label_for(image))}
+    check_headers(sorted(str(path) for path in files if path is not None))
     for fixed, moving in items:
         has_labels = ds.label_for(fixed) is not None and ds.label_for(moving) is not None
         check_pair_memory(model, info, fixed, moving, has_labels, refine_steps, max_memory_gb)
