@@ -17,7 +17,8 @@ on the same pairs:
    significance changes with the budget is seen.
 
 Only (host, kind, seed) cells finished in both folders are used. Writes ``budget_doubling.csv``
-(both tables, a ``table`` column tells them apart) and ``budget_doubling.md`` into ``--out``.
+(both tables, a ``table`` column tells them apart), ``budget_doubling.md`` and
+``budget_doubling.png`` (Dice per kind at both budgets, one panel per host) into ``--out``.
 
 Usage::
 
@@ -34,6 +35,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -186,6 +189,51 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def plot(
+    short: tuple[list[dict[str, str]], list[dict[str, str]]],
+    long: tuple[list[dict[str, str]], list[dict[str, str]]],
+    labels: tuple[str, str],
+    path: Path,
+) -> Path:
+    """Final Dice per kind at both budgets, one panel per host (mean over the common seeds,
+    bars = std over seeds): ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = common_cells(short, long)
+    hosts = list(dict.fromkeys(h for h, _, _ in sorted(keep)))
+    fig, axes = plt.subplots(1, len(hosts), figsize=(4.5 * len(hosts), 3.6), squeeze=False)
+    for ax, host in zip(axes[0], hosts, strict=True):
+        kinds = list(dict.fromkeys(r["attention"] for r in short[0] if _cell(r) in keep
+                                   and r["host"] == host))  # fmt: skip
+        for offset, (name, (cells, _)), marker in zip(
+            (-0.12, 0.12), zip(labels, (short, long), strict=True), ("o", "s"), strict=True
+        ):
+            means, sds = [], []
+            for kind in kinds:
+                values = [
+                    float(r["dice_mean"])
+                    for r in cells
+                    if _cell(r) in keep and r["host"] == host and r["attention"] == kind
+                ]
+                means.append(sum(values) / len(values))
+                sds.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+            ax.errorbar(
+                np.arange(len(kinds)) + offset, means, yerr=sds, fmt=marker, capsize=3, label=name
+            )
+        ax.set_xticks(range(len(kinds)), kinds, fontsize=8)
+        ax.set_title(f"{host}: Dice at the last checkpoint", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("mean Dice (± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Compare two finished ablation grids at two budgets (not a test)."
@@ -223,8 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in rows:
                 writer.writerow({"table": name, **r})
     (out / "budget_doubling.md").write_text(text)
+    figure = plot(short, long, labels, out / "budget_doubling.png")
     print(text)
-    print(f"wrote {out / 'budget_doubling.csv'} and {out / 'budget_doubling.md'}")
+    print(f"wrote {out / 'budget_doubling.csv'}, {out / 'budget_doubling.md'} and {figure}")
     return 0
 
 

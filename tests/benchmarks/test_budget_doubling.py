@@ -87,6 +87,7 @@ def test_main_writes_both_tables_and_refuses_bad_folders(tmp_path: Path, capsys)
     short = _grid(tmp_path / "short", {"maxca": 0.0, "none": 0.0}, (0,), 4000)
     long = _grid(tmp_path / "long", {"maxca": 0.01, "none": 0.0}, (0,), 8000)
     assert budget_doubling.main(["--short", str(short), "--long", str(long)]) == 0
+    assert (long / "budget_doubling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (long / "budget_doubling.md").read_text()
     assert "Dice 4000 steps" in text and "Dice 8000 steps" in text
     with (long / "budget_doubling.csv").open() as fh:
