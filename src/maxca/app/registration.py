@@ -337,6 +337,28 @@ def _check_unchanged(record: dict[str, Any], record_path: Path) -> None:
             )
 
 
+def _pair_record(
+    input_paths: dict[str, Any],
+    fingerprints: dict[str, dict[str, Any]],
+    info: CheckpointInfo | None,
+    result: RegistrationResult,
+    diffeomorphic: bool | None,
+    refine_steps: int,
+    refine_similarity: str | None,
+) -> dict[str, Any]:
+    """The entries of one pair's ``registration.json`` that :func:`write_result` adds to."""
+    return {
+        "inputs": _inputs_record(input_paths),
+        "input_fingerprints": fingerprints,
+        "model": str(getattr(info, "path", "")),
+        "diffeomorphic": bool(diffeomorphic),
+        "refine_steps": int(refine_steps),
+        "refine_similarity": refine_similarity if refine_steps else None,
+        "passes": result.passes,
+        "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
+    }
+
+
 def write_result(
     result: RegistrationResult,
     folder: str | os.PathLike[str],
@@ -788,16 +810,9 @@ def register_files(
     }
     result = _register_checked(model, info, inputs, device, diffeomorphic, refine_steps, **run)
     metrics = pair_metrics(result, labels)
-    record = {
-        "inputs": _inputs_record(input_paths),
-        "input_fingerprints": fingerprints,
-        "model": str(getattr(info, "path", "")),
-        "diffeomorphic": bool(diffeomorphic),
-        "refine_steps": int(refine_steps),
-        "refine_similarity": refine_similarity if refine_steps else None,
-        "passes": result.passes,
-        "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
-    }
+    record = _pair_record(
+        input_paths, fingerprints, info, result, diffeomorphic, refine_steps, refine_similarity
+    )
     with OutputDir(out_path, overwrite, stale=RESULT_FILES) as tmp:
         files = write_result(result, tmp, metrics, png, record, outputs, compress)
     return PairReport.of(result, out_path.name, out_path, files, metrics, time.perf_counter() - t0)
@@ -894,16 +909,15 @@ def register_dataset(
                 model, info, inputs, device, diffeomorphic, refine_steps, **run
             )
             metrics, scores = _score(result, labels, name)
-            record = {
-                "inputs": _inputs_record(input_paths),
-                "input_fingerprints": fingerprints,
-                "model": str(getattr(info, "path", "")),
-                "diffeomorphic": bool(diffeomorphic),
-                "refine_steps": int(refine_steps),
-                "refine_similarity": refine_similarity if refine_steps else None,
-                "passes": result.passes,
-                "affine": None if result.affine is None else np.round(result.affine, 6).tolist(),
-            }
+            record = _pair_record(
+                input_paths,
+                fingerprints,
+                info,
+                result,
+                diffeomorphic,
+                refine_steps,
+                refine_similarity,
+            )
             files = write_result(result, tmp / name, metrics, png, record, outputs, compress)
             if "l2r" in outputs:
                 write_l2r_displacement(tmp / l2r_disp_name(fixed, moving), result.flow, f.affine)
